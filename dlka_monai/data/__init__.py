@@ -1,0 +1,39 @@
+# Copyright (c) dlka_monai contributors. Licensed under the Apache License, Version 2.0.
+"""Data layer: datalists of the D-LKA datasets, a synthetic demo dataset, and image readers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .datalist import (
+    BTCV_TEST_CASES,
+    BTCV_TRAIN_CASES,
+    btcv_datalist,
+    load_datalist,
+    pancreas_h5_datalist,
+    split_validation,
+)
+from .readers import LoadPancreasH5d, SITKReader
+
+__all__ = [
+    "BTCV_TRAIN_CASES",
+    "BTCV_TEST_CASES",
+    "btcv_datalist",
+    "split_validation",
+    "load_datalist",
+    "pancreas_h5_datalist",
+    "DEMO_LABELS",
+    "generate_demo_dataset",
+    "SITKReader",
+    "LoadPancreasH5d",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # the demo module is imported on first use, so that `python -m dlka_monai.data.demo` does not find it
+    # already imported by this package (runpy would warn and run it twice)
+    if name in ("DEMO_LABELS", "generate_demo_dataset"):
+        from . import demo
+
+        return getattr(demo, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
