@@ -1,5 +1,12 @@
 from .blocks import DeformableLKA3d, DLKABlock, DLKAEncoder, DLKAttention, DLKAUpBlock
-from .layers import DeformConv3d, DeformConv3dPack, deform_conv3d
+from .layers import (
+    DeformConv3d,
+    DeformConv3dPack,
+    FastDilatedDepthwiseConv3d,
+    deform_conv3d,
+    deform_conv3d_fast,
+    dilated_depthwise_conv3d,
+)
 from .nets import DLKANet3D
 from .presets import dlka3d_pancreas, dlka3d_synapse
 from .registry import create_network, list_networks, register_network
@@ -8,6 +15,9 @@ __all__ = [
     "DeformConv3d",
     "DeformConv3dPack",
     "deform_conv3d",
+    "deform_conv3d_fast",
+    "dilated_depthwise_conv3d",
+    "FastDilatedDepthwiseConv3d",
     "DeformableLKA3d",
     "DLKAttention",
     "DLKABlock",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlka_monai.networks.layers.deform_conv import DeformConv3dPack
+from dlka_monai.networks.layers import DeformConv3dPack, FastDilatedDepthwiseConv3d
 
 __all__ = ["DeformableLKA3d", "DLKAttention"]
 
@@ -25,7 +25,7 @@ class DeformableLKA3d(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv0 = nn.Conv3d(channels, channels, kernel_size=5, padding=2, groups=channels)
-        self.conv_spatial = nn.Conv3d(channels, channels, kernel_size=7, padding=9, dilation=3, groups=channels)
+        self.conv_spatial = FastDilatedDepthwiseConv3d(channels, channels, kernel_size=7, padding=9, dilation=3, groups=channels)
         self.deform_conv = DeformConv3dPack(channels, channels, kernel_size=3, padding=1)
         self.conv1 = nn.Conv3d(channels, channels, kernel_size=1)
 

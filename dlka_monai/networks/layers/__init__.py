@@ -1,3 +1,12 @@
-from .deform_conv import DeformConv3d, DeformConv3dPack, deform_conv3d
+from .deform_conv import deform_conv3d
+from .deform_conv_fast import FastDilatedDepthwiseConv3d, deform_conv3d_fast, dilated_depthwise_conv3d
+from .deformable import DeformConv3d, DeformConv3dPack
 
-__all__ = ["DeformConv3d", "DeformConv3dPack", "deform_conv3d"]
+__all__ = [
+    "deform_conv3d",
+    "deform_conv3d_fast",
+    "dilated_depthwise_conv3d",
+    "DeformConv3d",
+    "DeformConv3dPack",
+    "FastDilatedDepthwiseConv3d",
+]

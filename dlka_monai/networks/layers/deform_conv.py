@@ -12,10 +12,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 from torch.nn.modules.utils import _triple
 
-__all__ = ["deform_conv3d", "DeformConv3d", "DeformConv3dPack"]
+__all__ = ["deform_conv3d"]
 
 # (dz, dy, dx) of the 8 corners of a trilinear cell
 _CORNERS = [(dz, dy, dx) for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)]
@@ -23,6 +22,29 @@ _CORNERS = [(dz, dy, dx) for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)]
 
 def _out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _check_args(input, offset, weight, stride, padding, dilation, groups):
+    """Validate the shapes of a deformable conv call; returns the sizes both implementations need."""
+    if input.dim() != 5 or offset.dim() != 5 or weight.dim() != 5:
+        raise ValueError(
+            "deform_conv3d expects 5D input, offset and weight, got "
+            f"{tuple(input.shape)}, {tuple(offset.shape)}, {tuple(weight.shape)}."
+        )
+    batch, in_ch, *size = input.shape
+    out_ch, in_per_group, *kernel = weight.shape
+    if in_ch != in_per_group * groups or out_ch % groups:
+        raise ValueError(
+            f"weight {tuple(weight.shape)} with groups={groups} does not fit {in_ch} input channels."
+        )
+    n_points = math.prod(kernel)
+    out_size = [_out_size(*a) for a in zip(size, kernel, stride, padding, dilation)]
+    if offset.shape[0] != batch or offset.shape[1] != 3 * n_points or list(offset.shape[2:]) != out_size:
+        raise ValueError(
+            f"offset must be [{batch}, {3 * n_points}, {', '.join(map(str, out_size))}] for input "
+            f"{tuple(input.shape)} and kernel {tuple(kernel)}, got {tuple(offset.shape)}."
+        )
+    return batch, in_ch, size, out_ch, in_per_group, kernel, n_points, out_size
 
 
 def deform_conv3d(
@@ -54,25 +76,10 @@ def deform_conv3d(
     Returns:
         ``[B, C_out, D', H', W']``.
     """
-    if input.dim() != 5 or offset.dim() != 5 or weight.dim() != 5:
-        raise ValueError(
-            "deform_conv3d expects 5D input, offset and weight, got "
-            f"{tuple(input.shape)}, {tuple(offset.shape)}, {tuple(weight.shape)}."
-        )
     stride, padding, dilation = _triple(stride), _triple(padding), _triple(dilation)
-    batch, in_ch, *size = input.shape
-    out_ch, in_per_group, *kernel = weight.shape
-    if in_ch != in_per_group * groups or out_ch % groups:
-        raise ValueError(
-            f"weight {tuple(weight.shape)} with groups={groups} does not fit {in_ch} input channels."
-        )
-    n_points = math.prod(kernel)
-    out_size = [_out_size(*a) for a in zip(size, kernel, stride, padding, dilation)]
-    if offset.shape[0] != batch or offset.shape[1] != 3 * n_points or list(offset.shape[2:]) != out_size:
-        raise ValueError(
-            f"offset must be [{batch}, {3 * n_points}, {', '.join(map(str, out_size))}] for input "
-            f"{tuple(input.shape)} and kernel {tuple(kernel)}, got {tuple(offset.shape)}."
-        )
+    batch, in_ch, size, out_ch, in_per_group, kernel, n_points, out_size = _check_args(
+        input, offset, weight, stride, padding, dilation, groups
+    )
     n_out = math.prod(out_size)
     # sampling positions are computed in at least float32: fp16 cannot hold fractional voxel indices
     pos_dtype = torch.promote_types(offset.dtype, torch.float32)
@@ -126,90 +133,3 @@ def deform_conv3d(
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1, 1)
     return out
-
-
-class DeformConv3d(nn.Module):
-    """3D deformable convolution module, ``forward(x, offset)`` like ``torchvision.ops.DeformConv2d``.
-
-    Args:
-        in_channels: input channels ``C_in``.
-        out_channels: output channels ``C_out``.
-        kernel_size, stride, padding, dilation: int or 3 ints.
-        groups: channel groups.
-        bias: learn an additive bias.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | Sequence[int],
-        stride: int | Sequence[int] = 1,
-        padding: int | Sequence[int] = 0,
-        dilation: int | Sequence[int] = 1,
-        groups: int = 1,
-        bias: bool = True,
-    ) -> None:
-        super().__init__()
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels {in_channels} and out_channels {out_channels} must be divisible by groups {groups}.")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _triple(kernel_size)
-        self.stride = _triple(stride)
-        self.padding = _triple(padding)
-        self.dilation = _triple(dilation)
-        self.groups = groups
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        # same initialisation as nn.Conv3d
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.weight[0].numel()
-            bound = 1 / math.sqrt(fan_in)
-            nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            x: ``[B, C_in, D, H, W]``.
-            offset: ``[B, 3 * kd * kh * kw, D', H', W']``.
-
-        Returns:
-            ``[B, C_out, D', H', W']``.
-        """
-        return deform_conv3d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}"
-        )
-
-
-class DeformConv3dPack(DeformConv3d):
-    """:class:`DeformConv3d` that predicts its own offsets with a zero-initialised ``conv_offset``
-    (same kernel, stride and padding), so it starts out as a plain convolution.
-
-    ``forward(x)``: ``[B, C_in, D, H, W]`` -> ``[B, C_out, D', H', W']``.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.conv_offset = nn.Conv3d(
-            self.in_channels,
-            3 * math.prod(self.kernel_size),
-            kernel_size=self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            bias=True,
-        )
-        nn.init.zeros_(self.conv_offset.weight)
-        nn.init.zeros_(self.conv_offset.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(x, self.conv_offset(x))

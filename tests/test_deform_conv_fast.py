@@ -1,0 +1,134 @@
+import math
+
+import pytest
+import torch
+
+from dlka_monai.networks.layers.deform_conv import deform_conv3d
+from dlka_monai.networks.layers import DeformConv3d
+from dlka_monai.networks.layers.deform_conv_fast import (
+    FastDilatedDepthwiseConv3d,
+    deform_conv3d_fast,
+    dilated_depthwise_conv3d,
+)
+
+
+def _close(a, b, rel=1e-5, abs_=1e-5):
+    scale = b.abs().max().item()
+    return (a - b).abs().max().item() <= abs_ + rel * scale
+
+
+def _case(batch, cin, cout, size, kernel, stride, padding, dilation, groups=1, dtype=torch.float32, amp=3.0):
+    conv = torch.nn.Conv3d(cin, cout, kernel, stride, padding, dilation, groups).to(dtype)
+    ks, st, pd, dl = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    out = [(s + 2 * p - d * (k - 1) - 1) // t + 1 for s, k, t, p, d in zip(size, ks, st, pd, dl)]
+    x = torch.randn(batch, cin, *size, dtype=dtype, requires_grad=True)
+    # random offsets of up to +-amp voxels, kept away from integer positions (trilinear kinks)
+    off = amp * (torch.rand(batch, 3 * math.prod(ks), *out, dtype=dtype) * 2 - 1)
+    off = off.round() + (off - off.round()).clamp(-0.4, 0.4).abs().clamp(min=0.1) * torch.sign(off - off.round() + 1e-9)
+    off.requires_grad_()
+    w = conv.weight.detach().clone().requires_grad_()
+    b = conv.bias.detach().clone().requires_grad_()
+    return x, off, w, b, (st, pd, dl, groups)
+
+
+CASES = [
+    (2, 5, 7, (6, 7, 8), 3, 1, 1, 1),
+    (1, 4, 3, (7, 6, 9), 3, 2, 0, 1),
+    (2, 3, 4, (8, 8, 8), 3, 1, 2, 2),
+    (1, 4, 4, (5, 6, 7), (3, 2, 1), (2, 1, 1), (1, 0, 0), (1, 2, 1)),
+    (1, 6, 6, (5, 5, 5), 3, 1, 1, 1, 2),  # groups=2: documented fallback to the reference
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_reference_forward_and_backward(case):
+    torch.manual_seed(0)
+    x, off, w, b, (st, pd, dl, groups) = _case(*case)
+    ref = deform_conv3d(x, off, w, b, st, pd, dl, groups)
+    out = deform_conv3d_fast(x, off, w, b, st, pd, dl, groups)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max().item() <= 1e-5
+    g = torch.randn_like(ref)
+    grads_ref = torch.autograd.grad(ref, (x, off, w, b), g)
+    grads = torch.autograd.grad(out, (x, off, w, b), g)
+    for name, a, r in zip(("input", "offset", "weight", "bias"), grads, grads_ref):
+        assert _close(a, r), f"grad {name}: {(a - r).abs().max().item()}"
+
+
+def test_large_offsets_and_partial_grads():
+    torch.manual_seed(1)
+    x, off, w, b, (st, pd, dl, _) = _case(1, 3, 2, (5, 6, 4), 3, 1, 1, 1, amp=8.0)  # many samples fully outside
+    ref = deform_conv3d(x, off, w, None, st, pd, dl)
+    out = deform_conv3d_fast(x, off, w, None, st, pd, dl)
+    assert (out - ref).abs().max().item() <= 1e-5
+    g = torch.randn_like(ref)
+    # only offset grad needed, then only weight grad
+    assert _close(torch.autograd.grad(out, off, g, retain_graph=True)[0], torch.autograd.grad(ref, off, g, retain_graph=True)[0])
+    assert _close(torch.autograd.grad(out, w, g)[0], torch.autograd.grad(ref, w, g)[0])
+
+
+def test_stage_like_shape_zero_offset_equals_conv():
+    torch.manual_seed(2)
+    conv = torch.nn.Conv3d(16, 16, 3, padding=1)
+    deform = DeformConv3d(16, 16, 3, padding=1)
+    assert deform.fast
+    deform.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 16, 10, 10, 10)
+    out = deform(x, torch.zeros(2, 81, 10, 10, 10))
+    assert (out - conv(x)).abs().max().item() <= 1e-5
+
+
+def test_gradcheck_float64():
+    torch.manual_seed(3)
+    x, off, w, b, (st, pd, dl, _) = _case(1, 2, 2, (3, 4, 3), 2, 1, 1, 1, dtype=torch.float64, amp=1.5)
+    assert torch.autograd.gradcheck(
+        lambda *a: deform_conv3d_fast(*a, st, pd, dl), (x, off, w, b), eps=1e-6, atol=1e-6, fast_mode=True
+    )
+
+
+@pytest.mark.parametrize("size", [(10, 11, 12), (4, 5, 6), (13, 9, 7)])
+def test_dilated_depthwise_matches_conv3d(size):
+    torch.manual_seed(4)
+    ch = 4
+    ref_conv = torch.nn.Conv3d(ch, ch, 7, padding=9, dilation=3, groups=ch)
+    fast = FastDilatedDepthwiseConv3d(ch, ch, 7, padding=9, dilation=3, groups=ch)
+    fast.load_state_dict(ref_conv.state_dict())  # same state_dict keys
+    assert set(fast.state_dict()) == {"weight", "bias"}
+    x = torch.randn(2, ch, *size, requires_grad=True)
+    ref, out = ref_conv(x), fast(x)
+    assert (out - ref).abs().max().item() <= 1e-5
+    g = torch.randn_like(ref)
+    for a, r in zip(
+        torch.autograd.grad(out, (x, fast.weight, fast.bias), g),
+        torch.autograd.grad(ref, (x, ref_conv.weight, ref_conv.bias), g),
+    ):
+        assert _close(a, r)
+
+
+def test_dilated_depthwise_gradcheck_and_fallback():
+    torch.manual_seed(5)
+    x = torch.randn(1, 2, 4, 5, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 1, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: dilated_depthwise_conv3d(*a, 2, 2), (x, w, b), fast_mode=True)
+    # not "same": falls back to F.conv3d
+    y = dilated_depthwise_conv3d(x, w, b, 2, 1)
+    ref = torch.nn.functional.conv3d(x, w, b, padding=1, dilation=2, groups=2)
+    assert torch.equal(y, ref)
+
+
+def test_fast_paths_accept_monai_metatensors():
+    from monai.data import MetaTensor
+
+    torch.manual_seed(6)
+    x = MetaTensor(torch.randn(1, 4, 9, 9, 9), affine=torch.eye(4)).requires_grad_()
+    deform = DeformConv3d(4, 4, 3, padding=1)
+    depthwise = FastDilatedDepthwiseConv3d(4, 4, 7, padding=9, dilation=3, groups=4)
+    offset = torch.randn(1, 81, 9, 9, 9)
+    out = deform(depthwise(x), offset)
+    plain = torch.nn.functional.conv3d(x.as_tensor(), depthwise.weight, depthwise.bias, padding=9, dilation=3, groups=4)
+    ref = deform_conv3d(plain, offset, deform.weight, deform.bias, 1, 1)
+    assert out.shape == ref.shape == (1, 4, 9, 9, 9)
+    assert _close(out.as_tensor() if hasattr(out, "as_tensor") else out, ref)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
