@@ -380,6 +380,6 @@ class FastDilatedDepthwiseConv3d(nn.Conv3d):
             and isinstance(self.padding, tuple)
             and len(set(self.padding)) == 1
         )
-        if not ok:
+        if not ok or torch.jit.is_tracing():
             return super().forward(x)
         return dilated_depthwise_conv3d(x, self.weight, self.bias, self.dilation[0], self.padding[0])

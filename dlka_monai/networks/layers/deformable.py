@@ -74,7 +74,8 @@ class DeformConv3d(nn.Module):
         Returns:
             ``[B, C_out, D', H', W']``.
         """
-        fn = deform_conv3d_fast if self.fast else deform_conv3d
+        # a traced graph cannot hold the fast path's Python autograd function: trace the reference ops
+        fn = deform_conv3d_fast if self.fast and not torch.jit.is_tracing() else deform_conv3d
         return fn(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
