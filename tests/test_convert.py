@@ -100,7 +100,7 @@ def test_convert_checkpoint(variant, module_prefix, via_cli, build, authors, aut
     src, dst = authors_file(variant, module_prefix), tmp_path / "sub" / "converted.pt"
     if via_cli:
         cmd = [sys.executable, "-m", "dlka_monai.convert", "--variant", variant, str(src), str(dst)]
-        result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        result = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", cwd=ROOT)
         assert result.returncode == 0, result.stderr
         n_tensors = len(reference_manifest(variant))
         assert result.stdout == f"{variant}: wrote {n_tensors} tensors ({N_PARAMS[variant]:,} parameters) to {dst}\n"

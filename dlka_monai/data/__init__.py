@@ -9,11 +9,13 @@ from .datalist import (
     BTCV_TEST_CASES,
     BTCV_TRAIN_CASES,
     btcv_datalist,
+    inference_datalist,
     load_datalist,
     pancreas_h5_datalist,
     split_validation,
 )
 from .readers import LoadPancreasH5d, SITKReader
+from .validation import InvalidInputError, check_image
 
 __all__ = [
     "BTCV_TRAIN_CASES",
@@ -21,11 +23,14 @@ __all__ = [
     "btcv_datalist",
     "split_validation",
     "load_datalist",
+    "inference_datalist",
     "pancreas_h5_datalist",
     "DEMO_LABELS",
     "generate_demo_dataset",
     "SITKReader",
     "LoadPancreasH5d",
+    "InvalidInputError",
+    "check_image",
 ]
 
 

@@ -6,6 +6,7 @@ and the authors' preprocessed NIH Pancreas h5 files."""
 from __future__ import annotations
 
 import json
+import glob
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from monai.config import PathLike
 from monai.data import load_decathlon_datalist
 
 __all__ = [
+    "inference_datalist",
     "BTCV_TRAIN_CASES",
     "BTCV_TEST_CASES",
     "btcv_datalist",
@@ -143,6 +145,11 @@ def _decathlon_datalist(
     return {"training": training, "validation": validation, "test": load("test")}
 
 
+def _carve_validation(lists: dict, val_fraction: float, val_cases, seed: int) -> dict[str, list[dict]]:
+    training, validation = split_validation(lists["training"], val_fraction, val_cases, seed)
+    return {"training": training, "validation": validation, "test": lists["test"]}
+
+
 def load_datalist(
     dataset_dir: PathLike | None = None,
     datalist: PathLike | None = None,
@@ -150,11 +157,14 @@ def load_datalist(
     val_cases: Sequence[str] | str | None = None,
     seed: int = 0,
     demo_dir: PathLike | None = None,
+    h5_fold: int | None = None,
 ) -> dict[str, list[dict]]:
     """The training, validation and test datalists of a dataset, whichever layout it is in.
 
     In order of precedence:
 
+    - ``h5_fold``: the NIH Pancreas h5 files in ``dataset_dir`` with that fold's lists
+      (:func:`pancreas_h5_datalist`);
     - ``datalist``: a Decathlon/MONAI datalist json, read with ``monai.data.load_decathlon_datalist``
       (relative paths are relative to ``dataset_dir``, or to the json's folder when that is None);
     - ``dataset_dir`` holding a ``dataset.json``: the same, relative to ``dataset_dir``;
@@ -171,12 +181,17 @@ def load_datalist(
         val_cases: see :func:`split_validation`; not allowed with a json that has a validation list.
         seed: see :func:`split_validation`.
         demo_dir: where to generate the demo dataset; required when neither of the above is given.
+        h5_fold: cross-validation fold of the NIH Pancreas h5 layout.
 
     Returns:
         ``{"training", "validation", "test"}`` lists of dicts with absolute paths; the validation and
         test lists never share an image.
     """
-    if datalist is not None:
+    if h5_fold is not None:
+        if dataset_dir is None:
+            raise ValueError("h5_fold needs dataset_dir, the folder of the NIH Pancreas h5 files and Flods/.")
+        result = _carve_validation(pancreas_h5_datalist(dataset_dir, h5_fold), val_fraction, val_cases, seed)
+    elif datalist is not None:
         json_path = Path(datalist)
         result = _decathlon_datalist(
             json_path, json_path.parent if dataset_dir is None else dataset_dir, val_fraction, val_cases, seed
@@ -184,9 +199,7 @@ def load_datalist(
     elif dataset_dir is not None and (Path(dataset_dir) / "dataset.json").is_file():
         result = _decathlon_datalist(Path(dataset_dir) / "dataset.json", dataset_dir, val_fraction, val_cases, seed)
     elif dataset_dir is not None and _btcv_training_dir(dataset_dir) is not None:
-        lists = btcv_datalist(dataset_dir)
-        training, validation = split_validation(lists["training"], val_fraction, val_cases, seed)
-        result = {"training": training, "validation": validation, "test": lists["test"]}
+        result = _carve_validation(btcv_datalist(dataset_dir), val_fraction, val_cases, seed)
     elif dataset_dir is None:
         if demo_dir is None:
             raise ValueError("load_datalist needs dataset_dir, datalist, or demo_dir to generate the demo dataset in.")
@@ -251,3 +264,43 @@ def pancreas_h5_datalist(dataset_dir: PathLike, fold: int = 0) -> dict[str, list
             f"{', '.join(missing)}."
         )
     return datalist
+
+
+_NIFTI = (".nii", ".nii.gz")
+
+
+def inference_datalist(
+    input: PathLike | None = None,
+    dataset_dir: PathLike | None = None,
+    datalist: PathLike | None = None,
+    split: str = "test",
+) -> list[dict[str, str]]:
+    """The images to segment, as ``[{"image": path}, ...]`` (other keys of datalist entries are kept).
+
+    Args:
+        input: a NIfTI (or other SimpleITK-readable) file, a folder of NIfTI files, a DICOM series
+            folder (a folder without NIfTI files), or a glob pattern of files.
+        dataset_dir, datalist: used when ``input`` is None: the ``split`` list of :func:`load_datalist`.
+        split: ``"test"``, ``"validation"`` or ``"training"``.
+
+    Raises:
+        FileNotFoundError: nothing matches ``input``.
+        ValueError: neither ``input`` nor a dataset is given.
+    """
+    if input is None:
+        if dataset_dir is None and datalist is None:
+            raise ValueError("nothing to segment: give input (a file, folder or glob) or dataset_dir / datalist.")
+        entries = load_datalist(dataset_dir=dataset_dir, datalist=datalist)[split]
+        if not entries:
+            raise ValueError(f"the {split!r} list of the dataset is empty.")
+        return entries
+    path = Path(input)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(_NIFTI))
+        return [{"image": str(p.resolve())} for p in files] if files else [{"image": str(path.resolve())}]
+    if path.exists():
+        return [{"image": str(path.resolve())}]
+    matches = sorted(glob.glob(str(input)))
+    if not matches:
+        raise FileNotFoundError(f"input {input} does not exist and matches no file.")
+    return [{"image": str(Path(m).resolve())} for m in matches]

@@ -1,0 +1,115 @@
+# Copyright (c) dlka_monai contributors. Licensed under the Apache License, Version 2.0.
+"""An ignite handler that writes the evaluation results: metrics.csv, summary.json, one PNG per case."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.transforms import LoadImage, Orientation
+from PIL import Image
+
+from dlka_monai.evaluation.metrics import METRICS, SYNAPSE_8_ORGANS, case_metrics, summarize
+
+__all__ = ["MetricsWriter"]
+
+_PALETTE = np.array(
+    [(0, 0, 0)] + [tuple(int(255 * v) for v in c) for c in
+     [(0.9, 0.1, 0.1), (0.1, 0.7, 0.1), (0.1, 0.3, 0.9), (0.9, 0.8, 0.1), (0.8, 0.3, 0.8), (0.1, 0.8, 0.8),
+      (1.0, 0.5, 0.0), (0.6, 0.3, 0.1), (0.5, 0.9, 0.4), (0.9, 0.5, 0.6), (0.4, 0.4, 1.0), (0.7, 0.7, 0.7),
+      (0.3, 0.6, 0.3)]],
+    dtype=np.uint8,
+)
+
+
+def _spacing(affine: torch.Tensor) -> list[float]:
+    return np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0)).tolist()
+
+
+def _overlay(gray: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    rgb = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
+    mask = labels > 0
+    colours = _PALETTE[np.clip(labels, 0, len(_PALETTE) - 1)].astype(np.float32)
+    rgb[mask] = 0.45 * rgb[mask] + 0.55 * colours[mask]
+    return rgb.astype(np.uint8)
+
+
+class MetricsWriter:
+    """Compute per-case, per-class metrics of ``pred`` against ``label`` (both in the original image
+    space, label maps ``[1, *spatial]``), with the spacing taken from the label's affine, and write
+    ``metrics.csv`` (one row per case and class), ``summary.json`` and ``<case>.png`` (a few axial slices:
+    image, ground truth, prediction).
+
+    Args:
+        output_dir: where to write.
+        num_classes: classes including background.
+        class_names: class value -> name (e.g. the ``channel_def`` of the bundle metadata).
+        hu_window: display window of the PNG images.
+        num_slices: axial slices per PNG.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        num_classes: int,
+        class_names: Mapping,
+        hu_window: tuple[float, float] = (-175, 250),
+        num_slices: int = 3,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.num_classes = num_classes
+        self.class_names = {int(k): v for k, v in class_names.items()}
+        self.hu_window = hu_window
+        self.num_slices = num_slices
+        self.rows: list[dict] = []
+        self._load = LoadImage(image_only=True, ensure_channel_first=True)
+        self._ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def iteration_completed(self, engine: Engine) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for item in engine.state.output:
+            label = item["label"]
+            source = label.meta["filename_or_obj"]
+            case = Path(source).name.split(".")[0]
+            spacing = _spacing(label.affine)
+            for row in case_metrics(item["pred"], label, self.num_classes, spacing):
+                self.rows.append({"case": case, "class": row["class"], "name": self.class_names.get(row["class"], ""), **row})
+            self._png(case, item["pred"], label, item["image"].meta["filename_or_obj"])
+
+    def _png(self, case: str, pred: torch.Tensor, label: torch.Tensor, image_file: str) -> None:
+        # RAS arrays, shown as radiologists do: anterior up, the patient's right on the viewer's left
+        image, label_a, pred_a = (np.asarray(self._ras(t))[0] for t in (self._load(image_file), label, pred))
+        label_a, pred_a = label_a.round().astype(np.int64), pred_a.round().astype(np.int64)
+        lo, hi = self.hu_window
+        gray = (np.clip((image - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+        area = (label_a > 0).sum(axis=(0, 1))
+        candidates = np.flatnonzero(area) if area.any() else np.arange(image.shape[2])
+        slices = candidates[np.linspace(0, len(candidates) - 1, self.num_slices).round().astype(int)]
+        rows = []
+        for z in slices:
+            g, lab, prd = (np.flip(a[:, :, z].T, (0, 1)) for a in (gray, label_a, pred_a))
+            rows.append(np.concatenate([np.repeat(g[..., None], 3, -1), _overlay(g, lab), _overlay(g, prd)], axis=1))
+        Image.fromarray(np.ascontiguousarray(np.concatenate(rows, axis=0))).save(self.output_dir / f"{case}.png")
+
+    def completed(self, engine: Engine) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["case", "class", "name", *METRICS])
+            writer.writeheader()
+            writer.writerows(self.rows)
+        summary = summarize(self.rows, self.class_names, SYNAPSE_8_ORGANS)
+        text = json.dumps(summary, indent=2, default=lambda v: None)
+        # JSON has no NaN: write null
+        (self.output_dir / "summary.json").write_text(text.replace("NaN", "null"))
+        engine.state.metrics["mean_dice"] = summary.get("all_classes", {}).get("dice", {}).get("mean", math.nan)

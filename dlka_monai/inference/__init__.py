@@ -1,0 +1,3 @@
+from .tta import FlipTTAInferer
+
+__all__ = ["FlipTTAInferer"]

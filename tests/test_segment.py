@@ -1,0 +1,84 @@
+"""configs/inference.json and the dlka-segment command line, on demo volumes (non-RAS, anisotropic)."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from dlka_monai.segment import main
+
+ROOT = Path(__file__).resolve().parents[1]
+def _assert_same_space(seg_path, image_path):
+    seg, image = nib.load(seg_path), nib.load(image_path)
+    assert seg.shape == image.shape
+    assert np.allclose(seg.affine, image.affine, atol=1e-4)
+    assert nib.aff2axcodes(seg.affine) == nib.aff2axcodes(image.affine) != ("R", "A", "S")
+    assert seg.get_data_dtype() == np.uint8
+    values = np.unique(np.asarray(seg.dataobj))
+    assert set(values.tolist()) <= set(range(14)) and len(values) > 1
+
+
+def test_inference_config_writes_label_maps_in_the_input_space(tiny_bundle, demo_dataset, tmp_path):
+    image = demo_dataset / "imagesTr" / "demo_006.nii.gz"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(tiny_bundle / "configs" / "inference.json")]
+    cmd += ["--bundle_root", str(tiny_bundle), "--input", str(image), "--output_dir", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    _assert_same_space(tmp_path / "demo_006_seg.nii.gz", image)
+
+
+def test_cli_segments_a_file_and_a_folder(tiny_bundle, demo_dataset, tmp_path, capsys):
+    image = demo_dataset / "imagesTr" / "demo_007.nii.gz"
+    out_file = tmp_path / "one" / "case_seg.nii.gz"
+    assert main(["-i", str(image), "-o", str(out_file), "--model", str(tiny_bundle), "--device", "cpu", "--tta"]) == 0
+    _assert_same_space(out_file, image)
+    out = capsys.readouterr().out
+    assert "demo_007.nii.gz" in out and " mL" in out
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("demo_006.nii.gz", "demo_007.nii.gz"):
+        shutil.copy(demo_dataset / "imagesTr" / name, folder / name)
+    assert main(["-i", str(folder), "-o", str(tmp_path / "out"), "--model", str(tiny_bundle)]) == 0
+    for name in ("demo_006", "demo_007"):
+        _assert_same_space(tmp_path / "out" / f"{name}_seg.nii.gz", folder / f"{name}.nii.gz")
+    assert not list((tmp_path / "out").glob(".dlka-segment-*"))  # staging cleaned up
+
+
+def _write_bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
+    folder.mkdir()
+    affine = np.diag([0.8, 0.8, 3.0, 1.0])
+    cases = {}
+    nib.save(nib.Nifti1Image(np.zeros((20, 20), np.int16), affine), folder / "flat.nii.gz")
+    cases["2d"] = (folder / "flat.nii.gz", "3D volume is expected")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 3), np.int16), affine), folder / "multi.nii.gz")
+    cases["4d"] = (folder / "multi.nii.gz", "3D volume is expected")
+    full = folder / "full.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).integers(-1000, 1000, (30, 30, 20)).astype(np.int16), affine), full)
+    (folder / "cut.nii.gz").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    cases["truncated"] = (folder / "cut.nii.gz", "cannot be read")
+    (folder / "notes.nii.gz").write_text("not an image")
+    cases["not an image"] = (folder / "notes.nii.gz", "cannot be read")
+    cases["missing"] = (folder / "nope.nii.gz", "matches no file")
+    return cases
+
+
+@pytest.mark.parametrize("case", ["2d", "4d", "truncated", "not an image", "missing"])
+def test_cli_bad_input_is_one_line_error_and_nothing_written(tiny_bundle, tmp_path, case, capsys):
+    path, message = _write_bad_inputs(tmp_path / "bad")[case]
+    out = tmp_path / "out"
+    assert main(["-i", str(path), "-o", str(out), "--model", str(tiny_bundle)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and path.name in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_console_script_exit_code(tiny_bundle, tmp_path):
+    exe = Path(sys.executable).with_name("dlka-segment")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dlka_monai.segment"]
+    proc = subprocess.run([*cmd, "-i", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "o")], capture_output=True, encoding="utf-8", errors="replace")
+    assert proc.returncode == 1 and "dlka-segment: error:" in proc.stderr
