@@ -37,12 +37,32 @@ _DLKA3D_RULES: tuple[tuple[str, str], ...] = (
     (r"^(encoder\.stages\.\d+\.\d+|decoder[3-5]\.blocks\.\d+)\.conv8\.", r"\1.proj."),
 )
 
-# variant (also the ``create_network`` name) -> rename rules; add e.g. "dlka2d_synapse" here
+# the 2D net: timm MaxViT encoder under ``backbone.backbone``, decoder stages ``decoder_0..3``
+_DLKA2D_RULES: tuple[tuple[str, str], ...] = (
+    (r"^backbone\.backbone\.", "encoder."),
+    (r"^decoder_3\.layer_up\.", "bottleneck_up."),  # before the general layer_up rule
+    (r"^decoder_(\d)\.x1_linear\.", r"decoder\1.in_proj."),
+    (r"^decoder_(\d)\.layer_lka_1\.", r"decoder\1.blocks.0."),
+    (r"^decoder_(\d)\.layer_lka_2\.", r"decoder\1.blocks.1."),
+    (r"^decoder_(\d)\.layer_up\.", r"decoder\1.upsample."),
+    (r"^decoder_0\.last_layer\.", "out.conv.conv."),
+    (r"\.layer_scale_(\d)$", r".gamma\1"),
+    (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv."),
+)
+
+# variant (also the ``create_network`` name) -> rename rules
 _RENAME_RULES: dict[str, tuple[tuple[str, str], ...]] = {
     # the Synapse model was released from the D-LKA code base, whose encoder is ``d_lka_former_encoder``
     "dlka3d_synapse": ((r"^d_lka_former_encoder\.", "encoder."), *_DLKA3D_RULES),
     # the Pancreas model kept the UNETR++ encoder attribute name
     "dlka3d_pancreas": ((r"^unetr_pp_encoder\.", "encoder."), *_DLKA3D_RULES),
+    "dlka2d_synapse": _DLKA2D_RULES,
+}
+
+# source keys of modules the authors' forward never calls (23.06 M parameters in the 2D net, and an
+# unused 1->3 channel conv); our networks do not have them, so they are dropped, not refused
+_DEAD_KEYS: dict[str, str] = {
+    "dlka2d_synapse": r"^(backbone\.conv\.|decoder_3\.(x1_linear|layer_lka_1|layer_lka_2)\.)",
 }
 
 # where the weights sit in the checkpoint dicts we accept (nnU-Net ``.model``: "state_dict")
@@ -93,12 +113,13 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], variant: str) -> 
 
     The renaming must be a bijection onto our network's keys with matching shapes: anything else
     (a source key that maps to no key of ours, a key of ours that no source key provides, two source
-    keys for one of ours, a shape mismatch, a non-tensor value) is refused. A ``module.`` prefix on
+    keys for one of ours, a shape mismatch, a non-tensor value) is refused. Keys of the authors'
+    never-called 2D decoder modules are dropped. A ``module.`` prefix on
     every key (checkpoints saved from ``DataParallel``) is stripped first.
 
     Args:
         state_dict: the authors' state dict (parameters and buffers).
-        variant: one of the supported variants, e.g. ``"dlka3d_synapse"`` or ``"dlka3d_pancreas"``.
+        variant: ``"dlka3d_synapse"``, ``"dlka3d_pancreas"`` or ``"dlka2d_synapse"``.
 
     Returns:
         our state dict, in our network's key order; the tensors are the source tensors (not copies).
@@ -110,6 +131,9 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], variant: str) -> 
     shapes, _ = _target(variant)
     if state_dict and all(isinstance(k, str) and k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    if variant in _DEAD_KEYS:
+        dead = re.compile(_DEAD_KEYS[variant])
+        state_dict = {k: v for k, v in state_dict.items() if not (isinstance(k, str) and dead.match(k))}
 
     converted: dict[str, torch.Tensor] = {}
     source_of: dict[str, str] = {}
@@ -197,7 +221,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, variant: str) -> dict[s
             (nnU-Net ``.model`` files), ``"model"`` or ``"network_weights"``; read with
             ``torch.load(weights_only=True)``.
         dst: where to ``torch.save`` the converted plain state dict (parent folders are created).
-        variant: one of the supported variants, e.g. ``"dlka3d_synapse"`` or ``"dlka3d_pancreas"``.
+        variant: ``"dlka3d_synapse"``, ``"dlka3d_pancreas"`` or ``"dlka2d_synapse"``.
 
     Returns:
         the converted state dict, as saved.

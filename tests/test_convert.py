@@ -151,7 +151,7 @@ def test_long_problem_lists_are_cut(authors):
 
 
 def test_unknown_variant(capsys):
-    with pytest.raises(ValueError, match="unknown variant 'dlka2d_nope'; known variants: dlka3d_pancreas, dlka3d_synapse"):
+    with pytest.raises(ValueError, match="unknown variant 'dlka2d_nope'; known variants: dlka2d_synapse, dlka3d_pancreas, dlka3d_synapse"):
         convert_state_dict({}, "dlka2d_nope")
     with pytest.raises(SystemExit) as exit_info:
         main(["--variant", "dlka2d_nope", "in.model", "out.pt"])
@@ -195,3 +195,30 @@ def test_converted_net_computes_like_a_hand_loaded_net(variant, build, authors):
         out = converted(x)
         assert out.shape == (1, converted.out_channels, *INPUT_SHAPE[variant][2:]) and torch.isfinite(out).all()
         assert torch.equal(out, by_hand(x))
+
+
+def test_2d_checkpoint_converts_and_drops_the_dead_modules(authors_2d, tmp_path):
+    src, dst = tmp_path / "maxvit_dlka.pth", tmp_path / "converted.pt"
+    torch.save(authors_2d, src)
+    convert_checkpoint(src, dst, "dlka2d_synapse")
+    converted = torch.load(dst, weights_only=True)
+    net = create_network("dlka2d_synapse")
+    net.load_state_dict(converted)  # strict: every key of ours, nothing else
+    assert sum(p.numel() for p in net.parameters()) == 78_583_005
+    dead = [k for k in authors_2d if k.startswith(("backbone.conv.", "decoder_3.x1_linear.", "decoder_3.layer_lka_"))]
+    assert sum(authors_2d[k].numel() for k in dead) > 23_000_000  # the never-called modules
+    # every converted tensor is one of the authors' live tensors, each used once
+    live = {id(v) for k, v in authors_2d.items() if k not in dead}
+    sources = [id(t) for t in convert_state_dict(authors_2d, "dlka2d_synapse").values()]
+    assert len(sources) == len(set(sources)) == len(live) and set(sources) == live
+    assert torch.equal(converted["encoder.stem.conv1.weight"], authors_2d["backbone.backbone.stem.conv1.weight"])
+    assert torch.equal(converted["out.conv.conv.weight"], authors_2d["decoder_0.last_layer.weight"])
+
+
+@pytest.fixture(scope="module")
+def authors_2d():
+    gen = torch.Generator().manual_seed(7)
+    return {
+        k: torch.randint(1000, (), generator=gen) if k.endswith("num_batches_tracked") else torch.rand(s, generator=gen)
+        for k, s in reference_manifest("dlka2d_synapse").items()
+    }
