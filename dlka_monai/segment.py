@@ -22,12 +22,11 @@ from ignite.engine import Events
 from ignite.handlers import ProgressBar
 from monai.bundle import ConfigWorkflow
 
-from dlka_monai.data import InvalidInputError, check_image, inference_datalist
+from dlka_monai.data import NIFTI_SUFFIXES, InvalidInputError, check_image, inference_datalist
 
 __all__ = ["main", "resolve_model"]
 
 PRESET_OVERLAYS = {"synapse": [], "pancreas": ["inference_pancreas.json"]}
-_NIFTI = (".nii", ".nii.gz")
 
 
 class SegmentError(Exception):
@@ -85,7 +84,7 @@ def resolve_model(model: str) -> tuple[Path, list[str], Path]:
 
 def _output_target(output: Path, n_cases: int) -> tuple[Path, Path | None]:
     """(folder SaveImaged writes to, exact file name wanted or None)."""
-    if output.name.endswith(_NIFTI):
+    if output.name.endswith(NIFTI_SUFFIXES):
         if n_cases != 1:
             raise SegmentError(f"-o {output}: a file name, but the input has {n_cases} images; give a folder.")
         return output.parent, output

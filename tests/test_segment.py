@@ -82,3 +82,14 @@ def test_cli_console_script_exit_code(tiny_bundle, tmp_path):
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dlka_monai.segment"]
     proc = subprocess.run([*cmd, "-i", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "o")], capture_output=True, encoding="utf-8", errors="replace")
     assert proc.returncode == 1 and "dlka-segment: error:" in proc.stderr
+
+
+def test_cli_segments_a_dicom_series(tiny_bundle, demo_dataset, tmp_path):
+    import SimpleITK as sitk
+    from test_data_readers import STUDY_UID, _write_series
+
+    image = sitk.ReadImage(str(demo_dataset / "imagesTr" / "demo_006.nii.gz"))
+    _write_series(image, tmp_path / "series", f"{STUDY_UID}.600")
+    sitk.WriteImage(image, str(tmp_path / "reference.nii.gz"))  # the same volume, as NIfTI
+    assert main(["-i", str(tmp_path / "series"), "-o", str(tmp_path / "out"), "--model", str(tiny_bundle)]) == 0
+    _assert_same_space(tmp_path / "out" / "series_seg.nii.gz", tmp_path / "reference.nii.gz")

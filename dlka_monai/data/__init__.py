@@ -8,6 +8,7 @@ from typing import Any
 from .datalist import (
     BTCV_TEST_CASES,
     BTCV_TRAIN_CASES,
+    NIFTI_SUFFIXES,
     btcv_datalist,
     inference_datalist,
     load_datalist,
@@ -15,9 +16,11 @@ from .datalist import (
     split_validation,
 )
 from .readers import LoadPancreasH5d, SITKReader
+from .slices import LoadNpzSliced, SliceResizeInferer, npz_slice_datalist
 from .validation import InvalidInputError, check_image
 
 __all__ = [
+    "NIFTI_SUFFIXES",
     "BTCV_TRAIN_CASES",
     "BTCV_TEST_CASES",
     "btcv_datalist",
@@ -29,6 +32,9 @@ __all__ = [
     "generate_demo_dataset",
     "SITKReader",
     "LoadPancreasH5d",
+    "LoadNpzSliced",
+    "npz_slice_datalist",
+    "SliceResizeInferer",
     "InvalidInputError",
     "check_image",
 ]

@@ -16,6 +16,7 @@ from monai.config import PathLike
 from monai.data import load_decathlon_datalist
 
 __all__ = [
+    "NIFTI_SUFFIXES",
     "inference_datalist",
     "BTCV_TRAIN_CASES",
     "BTCV_TEST_CASES",
@@ -25,6 +26,8 @@ __all__ = [
     "pancreas_h5_datalist",
 ]
 
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+"""File name endings of NIfTI images."""
 BTCV_TRAIN_CASES = (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
 """The 18 Synapse (BTCV) training cases of the TransUNet split, used by D-LKA Net."""
 BTCV_TEST_CASES = (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
@@ -266,9 +269,6 @@ def pancreas_h5_datalist(dataset_dir: PathLike, fold: int = 0) -> dict[str, list
     return datalist
 
 
-_NIFTI = (".nii", ".nii.gz")
-
-
 def inference_datalist(
     input: PathLike | None = None,
     dataset_dir: PathLike | None = None,
@@ -296,7 +296,7 @@ def inference_datalist(
         return entries
     path = Path(input)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(_NIFTI))
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
         return [{"image": str(p.resolve())} for p in files] if files else [{"image": str(path.resolve())}]
     if path.exists():
         return [{"image": str(path.resolve())}]

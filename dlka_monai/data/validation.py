@@ -10,6 +10,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from dlka_monai.data.datalist import NIFTI_SUFFIXES
+
 __all__ = ["InvalidInputError", "check_image"]
 
 
@@ -17,12 +19,9 @@ class InvalidInputError(ValueError):
     """An input image that cannot be segmented; the message names the file and the problem."""
 
 
-_NIFTI = (".nii", ".nii.gz")
-
-
 def _read(path: Path) -> tuple[tuple[int, ...], tuple[float, ...], np.ndarray]:
     """(shape with any channel/time axis last, spacing, voxel array) of a file or DICOM series folder."""
-    if path.name.endswith(_NIFTI):
+    if path.name.endswith(NIFTI_SUFFIXES):
         # nibabel, not SimpleITK: SimpleITK zero-fills a truncated .nii.gz without complaint
         image = nib.load(path)
         return tuple(image.shape), tuple(float(z) for z in image.header.get_zooms()), np.asanyarray(image.dataobj)
