@@ -16,7 +16,7 @@ from .datalist import (
     split_validation,
 )
 from .readers import LoadPancreasH5d, SITKReader
-from .slices import LoadNpzSliced, SliceResizeInferer, npz_slice_datalist
+from .slices import LoadNpzSliced, npz_slice_datalist
 from .validation import InvalidInputError, check_image
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
     "LoadPancreasH5d",
     "LoadNpzSliced",
     "npz_slice_datalist",
-    "SliceResizeInferer",
     "InvalidInputError",
     "check_image",
 ]

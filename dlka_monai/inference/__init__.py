@@ -1,3 +1,4 @@
+from .slice_inferer import SliceResizeInferer
 from .tta import FlipTTAInferer
 
-__all__ = ["FlipTTAInferer"]
+__all__ = ["FlipTTAInferer", "SliceResizeInferer"]
