@@ -5,6 +5,7 @@ import timm
 import torch
 from conftest import reference_manifest
 
+from dlka_monai.convert import convert_state_dict
 from dlka_monai.networks import DeformableDepthwiseConv2d, DLKANet2D, DLKAttention, create_network, list_networks
 
 # a 2D D-LKA net small enough for fast tests: MaxViT-pico at 64×64 (stages 16²/8²/4²/2², 32..256 channels)
@@ -12,26 +13,6 @@ TINY_2D = dict(out_channels=3, img_size=64, encoder="maxvit_rmlp_pico_rw_256")
 
 # the authors' modules that never run: the first decoder stage's skip/LKA layers and the 1 -> 3 conv
 AUTHORS_DEAD = re.compile(r"^(decoder_3\.(x1_linear|layer_lka_1|layer_lka_2)\.|backbone\.conv\.)")
-
-# authors' state-dict key -> ours (applied in order)
-RENAMES = [
-    (r"^backbone\.backbone\.", "encoder."),
-    (r"^decoder_3\.layer_up\.", "bottleneck_up."),
-    (r"^decoder_(\d)\.x1_linear\.", r"decoder\1.in_proj."),
-    (r"^decoder_(\d)\.layer_lka_1\.", r"decoder\1.blocks.0."),
-    (r"^decoder_(\d)\.layer_lka_2\.", r"decoder\1.blocks.1."),
-    (r"^decoder_(\d)\.layer_up\.", r"decoder\1.upsample."),
-    (r"^decoder_0\.last_layer\.", "out.conv.conv."),
-    (r"\.layer_scale_(\d)$", r".gamma\1"),
-    (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv."),
-]
-
-
-def _rename(key: str) -> str:
-    for pattern, repl in RENAMES:
-        key = re.sub(pattern, repl, key)
-    return key
-
 
 @pytest.fixture(scope="module")
 def synapse_net():
@@ -44,8 +25,9 @@ def test_preset_matches_the_papers_model(synapse_net):
     theirs = {k: tuple(s) for k, s in reference_manifest("dlka2d_synapse").items() if not AUTHORS_DEAD.match(k)}
     ours = {k: tuple(t.shape) for k, t in synapse_net.state_dict().items()}
     assert sorted(ours.values()) == sorted(theirs.values())
-    # and key by key, through the rename table
-    assert {_rename(k): s for k, s in theirs.items()} == ours
+    # and key by key, through the converter's rename table (strict: any unmatched key or shape raises)
+    manifest = {k: torch.empty(s, device="meta") for k, s in reference_manifest("dlka2d_synapse").items()}
+    assert {k: tuple(t.shape) for k, t in convert_state_dict(manifest, "dlka2d_synapse").items()} == ours
 
 
 def test_registry_and_config(synapse_net):
