@@ -1,7 +1,6 @@
 from .blocks import (
     DeformableDepthwiseConv2d,
     DeformableLKA,
-    DeformableLKA3d,
     DLKABlock,
     DLKABlock2D,
     DLKADecoderStage2D,
@@ -32,7 +31,6 @@ __all__ = [
     "FastDilatedDepthwiseConv3d",
     "DeformableDepthwiseConv2d",
     "DeformableLKA",
-    "DeformableLKA3d",
     "DLKAttention",
     "DLKABlock",
     "DLKABlock2D",

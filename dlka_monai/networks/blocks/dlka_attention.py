@@ -20,7 +20,7 @@ from torchvision.ops import DeformConv2d
 
 from dlka_monai.networks.layers import DeformConv3dPack, FastDilatedDepthwiseConv3d
 
-__all__ = ["DeformableDepthwiseConv2d", "DeformableLKA", "DeformableLKA3d", "DLKAttention"]
+__all__ = ["DeformableDepthwiseConv2d", "DeformableLKA", "DLKAttention"]
 
 
 class DeformableDepthwiseConv2d(nn.Module):
@@ -98,16 +98,6 @@ class DeformableLKA(nn.Module):
         attn = self.deform_conv(attn)
         attn = self.conv1(attn)
         return x * attn
-
-
-class DeformableLKA3d(DeformableLKA):
-    """The 3D D-LKA gating unit, ``DeformableLKA(3, channels)``.
-
-    ``forward``: ``[B, C, D, H, W]`` -> ``[B, C, D, H, W]``.
-    """
-
-    def __init__(self, channels: int) -> None:
-        super().__init__(3, channels)
 
 
 class DLKAttention(nn.Module):
