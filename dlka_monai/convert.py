@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import pickle
 import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+
+from dlka_monai.training.checkpoints import safe_load
 
 __all__ = ["convert_state_dict", "convert_checkpoint", "main"]
 
@@ -166,36 +167,6 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], variant: str) -> 
     return {key: converted[key] for key in shapes}
 
 
-def _first_line(text: str, default: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else default
-
-
-def _load(src: str | Path) -> object:
-    """``torch.load(src, weights_only=True)``, with the refusals turned into one-line ValueErrors."""
-    try:
-        return torch.load(src, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(src)
-        except Exception:  # not a torch.save zip file: nothing to list
-            unsafe = re.findall(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if not unsafe:
-            reason = _first_line(str(e).split("WeightsUnpickler error:")[-1], default=type(e).__name__)
-            raise ValueError(f"cannot read {src} as a checkpoint with torch.load(weights_only=True): {reason}") from e
-        # nnU-Net's .model files pickle numpy scalars etc. with the weights; unpickling those can run
-        # arbitrary code, so we never retry with weights_only=False and leave that to the user
-        raise ValueError(
-            f"{src} contains pickled non-tensor objects ({', '.join(sorted(unsafe))}) that "
-            "torch.load(weights_only=True) refuses to load; if you trust the file, extract the state dict in "
-            f"a trusted environment, e.g. python -c \"import torch; ckpt = torch.load({str(src)!r}, "
-            "map_location='cpu', weights_only=False); torch.save(ckpt['state_dict'], 'weights.pt')\", "
-            "and convert weights.pt."
-        ) from e
-    except (RuntimeError, EOFError) as e:
-        raise ValueError(f"cannot read {src} as a PyTorch checkpoint: {_first_line(str(e), type(e).__name__)}") from e
-
-
 def _unwrap(ckpt: object, src: str | Path) -> Mapping[str, torch.Tensor]:
     """The state dict in a loaded checkpoint: the checkpoint itself or its first container key."""
     if isinstance(ckpt, Mapping):
@@ -231,7 +202,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, variant: str) -> dict[s
             variant (see :func:`convert_state_dict`).
     """
     _rules(variant)  # an unknown variant fails before reading a large file
-    state_dict = convert_state_dict(_unwrap(_load(src), src), variant)
+    state_dict = convert_state_dict(_unwrap(safe_load(src), src), variant)
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     torch.save(state_dict, dst)
     return state_dict

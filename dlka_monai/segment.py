@@ -22,7 +22,8 @@ from ignite.engine import Events
 from ignite.handlers import ProgressBar
 from monai.bundle import ConfigWorkflow
 
-from dlka_monai.data import NIFTI_SUFFIXES, InvalidInputError, check_image, inference_datalist
+from dlka_monai.data import NIFTI_SUFFIXES, InvalidInputError, check_output_dir, inference_datalist
+from dlka_monai.training.checkpoints import safe_load
 
 __all__ = ["main", "resolve_model"]
 
@@ -39,10 +40,7 @@ def _repo_bundle_root() -> Path:
 
 def _checkpoint_overlay(ckpt: Path) -> list[str]:
     """The overlays of the preset whose network the state dict ``ckpt`` fits."""
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is one user error
-        raise SegmentError(f"{ckpt}: not a loadable weights-only checkpoint ({type(e).__name__}: {e}).") from e
+    state = safe_load(ckpt)
     state = state.get("model", state) if isinstance(state, dict) else state
     head = state.get("out1.conv.conv.weight") if isinstance(state, dict) else None
     classes = None if head is None else head.shape[0]
@@ -91,17 +89,8 @@ def _output_target(output: Path, n_cases: int) -> tuple[Path, Path | None]:
     return output, None
 
 
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise SegmentError(f"output folder {folder} is not writable: {e.strerror or e}.") from e
-
-
 def _label_names(root: Path) -> dict[int, str]:
-    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    meta = json.loads((root / "configs" / "metadata.json").read_text(encoding="utf-8"))
     channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
     return {int(k): v for k, v in channels.items()}
 
@@ -123,18 +112,25 @@ def _report(names: dict[int, str], saved: list[str]):
     return handler
 
 
-def segment(input: str, output: str, model: str = "synapse", device: str = "auto", tta: bool = False) -> list[Path]:
+def _input_error(error: BaseException) -> InvalidInputError | None:
+    """The InvalidInputError behind an error of the config parser (which wraps what its expressions raise)."""
+    while error is not None and not isinstance(error, InvalidInputError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def segment(
+    input: str, output: str, model: str = "synapse", device: str = "auto", tta: bool = False, series: str | None = None
+) -> list[Path]:
     """Segment ``input`` into ``output``; returns the written files. Raises :class:`SegmentError` or
     :class:`InvalidInputError` with a one-line message."""
     root, configs, ckpt = resolve_model(model)
     try:
-        cases = inference_datalist(input=input)
+        cases = inference_datalist(input=input, series_uid=series)
     except FileNotFoundError as e:
         raise SegmentError(str(e)) from e
-    for case in cases:
-        check_image(case["image"])
     folder, exact = _output_target(Path(output), len(cases))
-    _check_writable(folder)
+    check_output_dir(folder)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
@@ -147,18 +143,23 @@ def segment(input: str, output: str, model: str = "synapse", device: str = "auto
             workflow_type="infer",
             bundle_root=str(root),
             ckpt_path=str(ckpt),
-            input=input,
+            data=cases,  # checked above: not again by the config
             output_dir=staging,
             device=f"$torch.device('{device}')",
             tta=tta,
+            series_uid=series,
         )
-        workflow.initialize()
-        evaluator = workflow.parser.get_parsed_content("evaluator")
         staged: list[str] = []
-        ProgressBar(desc="cases", persist=True).attach(evaluator)
-        evaluator.add_event_handler(Events.ITERATION_COMPLETED, _report(_label_names(root), staged))
-        workflow.run()
-        workflow.finalize()
+        try:
+            workflow.initialize()
+            evaluator = workflow.parser.get_parsed_content("evaluator")
+            ProgressBar(desc="cases", persist=True).attach(evaluator)
+            evaluator.add_event_handler(Events.ITERATION_COMPLETED, _report(_label_names(root), staged))
+            workflow.run()
+            workflow.finalize()
+        except Exception as e:
+            raise _input_error(e) or e
+
         # results are moved out of the staging folder only when every case succeeded
         written = []
         for path in map(Path, staged):
@@ -175,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="synapse", help="synapse | pancreas | bundle folder | checkpoint file (default: synapse)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations (8x slower)")
+    parser.add_argument("--series", help="SeriesInstanceUID to read from a DICOM folder holding several series")
     args = parser.parse_args(argv)
     try:
-        written = segment(args.input, args.output, args.model, args.device, args.tta)
+        written = segment(args.input, args.output, args.model, args.device, args.tta, args.series)
     except (SegmentError, InvalidInputError) as e:
         print(f"dlka-segment: error: {e}", file=sys.stderr)
         return 1

@@ -162,7 +162,7 @@ def test_unknown_variant(capsys):
 def test_pickled_objects_are_refused(unsafe, tmp_path):
     src, dst = tmp_path / "model_final_checkpoint.model", tmp_path / "out.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}, "fn": unsafe}, src)
-    with pytest.raises(ValueError, match="contains pickled non-tensor objects .*trusted environment"):
+    with pytest.raises(ValueError, match="contains pickled Python objects .*can run arbitrary code.*trusted environment"):
         convert_checkpoint(src, dst, "dlka3d_synapse")
     assert not dst.exists()
 
@@ -172,7 +172,7 @@ def test_cli_error_exits_nonzero_without_traceback(tmp_path, capsys):
     torch.save({"state_dict": {"w": torch.zeros(2)}, "amp_grad_scaler": {"scale": np.float32(2.0**16)}}, src)
     assert main(["--variant", "dlka3d_synapse", str(src), str(tmp_path / "out.pt")]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and err.startswith(f"error: {src} contains pickled non-tensor objects (numpy.")
+    assert out == "" and err.startswith(f"error: {src}: contains pickled Python objects (numpy.")
     assert len(err.splitlines()) == 1
 
 

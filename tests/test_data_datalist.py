@@ -96,11 +96,11 @@ def test_split_validation_by_names():
 
 
 def test_load_datalist_btcv(btcv_root):
-    lists = load_datalist(btcv_root, val_cases=["img0039", "img0040"])
+    lists = load_datalist(btcv_root, val_cases=["img0039", "img0040"], check=False)
     assert [len(lists[k]) for k in ("training", "validation", "test")] == [16, 2, 12]
     assert [_case_number(e["image"]) for e in lists["validation"]] == [39, 40]
     assert [_case_number(e["image"]) for e in lists["test"]] == list(BTCV_TEST_CASES)
-    lists = load_datalist(btcv_root / "RawData", val_fraction=0.2)
+    lists = load_datalist(btcv_root / "RawData", val_fraction=0.2, check=False)
     assert [len(lists[k]) for k in ("training", "validation", "test")] == [14, 4, 12]
     test_images = {e["image"] for e in lists["test"]}
     assert not test_images & {e["image"] for e in lists["training"] + lists["validation"]}
@@ -109,20 +109,20 @@ def test_load_datalist_btcv(btcv_root):
 def test_load_datalist_json_without_validation(tmp_path):
     # the test list in the classic Decathlon form: plain image paths
     _write_json(tmp_path / "ds" / "dataset.json", training=_entries("a", range(5)), test=["./imagesTs/t_0.nii.gz"])
-    lists = load_datalist(tmp_path / "ds", val_fraction=0.2, seed=0)
+    lists = load_datalist(tmp_path / "ds", val_fraction=0.2, seed=0, check=False)
     assert [len(lists[k]) for k in ("training", "validation", "test")] == [4, 1, 1]
     assert lists["test"] == [{"image": str(tmp_path / "ds" / "imagesTs" / "t_0.nii.gz")}]
     for e in lists["training"] + lists["validation"]:
         assert Path(e["image"]).is_absolute() and Path(e["image"]).parent == tmp_path / "ds" / "imagesTr"
     # the same json given as datalist: paths relative to its folder, or to dataset_dir when given
-    assert load_datalist(datalist=tmp_path / "ds" / "dataset.json") == lists
-    moved = load_datalist(tmp_path / "data", datalist=tmp_path / "ds" / "dataset.json")
+    assert load_datalist(datalist=tmp_path / "ds" / "dataset.json", check=False) == lists
+    moved = load_datalist(tmp_path / "data", datalist=tmp_path / "ds" / "dataset.json", check=False)
     assert moved["training"][0]["image"] == str(tmp_path / "data" / "imagesTr" / "a_0.nii.gz")
     # no test list, or an empty one
     _write_json(tmp_path / "nt.json", training=_entries("a", range(5)))
-    assert load_datalist(datalist=tmp_path / "nt.json")["test"] == []
+    assert load_datalist(datalist=tmp_path / "nt.json", check=False)["test"] == []
     _write_json(tmp_path / "et.json", training=_entries("a", range(5)), test=[])
-    assert load_datalist(datalist=tmp_path / "et.json")["test"] == []
+    assert load_datalist(datalist=tmp_path / "et.json", check=False)["test"] == []
 
 
 def test_load_datalist_json_with_validation(tmp_path):
@@ -132,21 +132,21 @@ def test_load_datalist_json_with_validation(tmp_path):
         validation=_entries("v", range(2)),
         test=_entries("t", [0]),
     )
-    lists = load_datalist(datalist=path)
+    lists = load_datalist(datalist=path, check=False)
     assert [Path(e["image"]).name for e in lists["validation"]] == ["v_0.nii.gz", "v_1.nii.gz"]
     assert len(lists["training"]) == 4
     assert lists["test"] == [
         {"image": str(tmp_path / "imagesTr" / "t_0.nii.gz"), "label": str(tmp_path / "labelsTr" / "t_0.nii.gz")}
     ]
     with pytest.raises(ValueError, match="own 'validation' list"):
-        load_datalist(datalist=path, val_cases=["a_0"])
+        load_datalist(datalist=path, val_cases=["a_0"], check=False)
     # a validation case that is also a test case is refused
     test = _entries("t", [0])
     leaky = _write_json(tmp_path / "leaky.json", training=_entries("a", range(4)), validation=test, test=test)
     with pytest.raises(ValueError, match="share 1 image"):
-        load_datalist(datalist=leaky)
+        load_datalist(datalist=leaky, check=False)
     with pytest.raises(ValueError, match="no 'training' list"):
-        load_datalist(datalist=_write_json(tmp_path / "empty.json", test=_entries("t", [0])))
+        load_datalist(datalist=_write_json(tmp_path / "empty.json", test=_entries("t", [0])), check=False)
 
 
 def test_load_datalist_demo_and_errors(tmp_path):
@@ -156,10 +156,10 @@ def test_load_datalist_demo_and_errors(tmp_path):
     assert all(Path(e["image"]).is_file() and Path(e["label"]).is_file() for e in everything)
     assert len({e["image"] for e in everything}) == 8
     with pytest.raises(ValueError, match="demo_dir"):
-        load_datalist()
+        load_datalist(check=False)
     (tmp_path / "unknown").mkdir()
     with pytest.raises(ValueError, match="dataset.json.*RawData/Training"):
-        load_datalist(tmp_path / "unknown")
+        load_datalist(tmp_path / "unknown", check=False)
 
 
 def _write_h5(path: Path) -> None:

@@ -17,7 +17,7 @@ from .datalist import (
 )
 from .readers import LoadPancreasH5d, SITKReader
 from .slices import LoadNpzSliced, npz_slice_datalist
-from .validation import InvalidInputError, check_image
+from .validation import InvalidInputError, check_datalist, check_image, check_label, check_output_dir
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -36,6 +36,9 @@ __all__ = [
     "npz_slice_datalist",
     "InvalidInputError",
     "check_image",
+    "check_label",
+    "check_datalist",
+    "check_output_dir",
 ]
 
 

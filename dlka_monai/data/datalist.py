@@ -129,7 +129,7 @@ def split_validation(
 def _decathlon_datalist(
     json_path: Path, base_dir: PathLike, val_fraction: float, val_cases: Sequence[str] | str | None, seed: int
 ) -> dict[str, list[dict]]:
-    keys = json.loads(json_path.read_text())
+    keys = json.loads(json_path.read_text(encoding="utf-8"))
     base_dir = os.path.abspath(base_dir)
 
     def load(key: str) -> list[dict]:
@@ -161,6 +161,8 @@ def load_datalist(
     seed: int = 0,
     demo_dir: PathLike | None = None,
     h5_fold: int | None = None,
+    label_values: Sequence[int] | None = None,
+    check: bool = True,
 ) -> dict[str, list[dict]]:
     """The training, validation and test datalists of a dataset, whichever layout it is in.
 
@@ -185,10 +187,17 @@ def load_datalist(
         seed: see :func:`split_validation`.
         demo_dir: where to generate the demo dataset; required when neither of the above is given.
         h5_fold: cross-validation fold of the NIH Pancreas h5 layout.
+        label_values: the label values the configured classes use (e.g. ``range(14)``), checked in every
+            training and validation label map; None not to check them.
+        check: check the training and validation images and label maps with
+            :func:`dlka_monai.data.check_datalist` before any training starts.
 
     Returns:
         ``{"training", "validation", "test"}`` lists of dicts with absolute paths; the validation and
         test lists never share an image.
+
+    Raises:
+        InvalidInputError: an image or label map of the training or validation list is unusable.
     """
     if h5_fold is not None:
         if dataset_dir is None:
@@ -221,7 +230,16 @@ def load_datalist(
     leaked = sorted({os.path.normpath(p) for e in result["validation"] for p in _image_paths(e)} & test_images)
     if leaked:
         raise ValueError(f"validation and test lists share {len(leaked)} image(s): {', '.join(leaked)}.")
+    if check:
+        _validation().check_datalist(result["training"] + result["validation"], label_values)
     return result
+
+
+def _validation():
+    # imported on use: the validation module needs NIFTI_SUFFIXES from this one
+    from dlka_monai.data import validation
+
+    return validation
 
 
 def pancreas_h5_datalist(dataset_dir: PathLike, fold: int = 0) -> dict[str, list[dict[str, str]]]:
@@ -248,7 +266,7 @@ def pancreas_h5_datalist(dataset_dir: PathLike, fold: int = 0) -> dict[str, list
         if not list_path.is_file():
             raise FileNotFoundError(f"NIH Pancreas fold list {list_path} does not exist.")
         result = []
-        for line in list_path.read_text().splitlines():
+        for line in list_path.read_text(encoding="utf-8").splitlines():
             name = line.strip()
             if not name:
                 continue
@@ -274,6 +292,8 @@ def inference_datalist(
     dataset_dir: PathLike | None = None,
     datalist: PathLike | None = None,
     split: str = "test",
+    series_uid: str | None = None,
+    check: bool = True,
 ) -> list[dict[str, str]]:
     """The images to segment, as ``[{"image": path}, ...]`` (other keys of datalist entries are kept).
 
@@ -282,15 +302,25 @@ def inference_datalist(
             folder (a folder without NIfTI files), or a glob pattern of files.
         dataset_dir, datalist: used when ``input`` is None: the ``split`` list of :func:`load_datalist`.
         split: ``"test"``, ``"validation"`` or ``"training"``.
+        series_uid: the DICOM series to read from a folder holding several.
+        check: check every image with :func:`dlka_monai.data.check_image` first.
 
     Raises:
         FileNotFoundError: nothing matches ``input``.
         ValueError: neither ``input`` nor a dataset is given.
+        InvalidInputError: an image is unusable (the message names it and the problem).
     """
+    entries = _inference_entries(input, dataset_dir, datalist, split)
+    if check:
+        _validation().check_datalist([{"image": e["image"]} for e in entries], series_uid=series_uid)
+    return entries
+
+
+def _inference_entries(input, dataset_dir, datalist, split: str) -> list[dict[str, str]]:
     if input is None:
         if dataset_dir is None and datalist is None:
             raise ValueError("nothing to segment: give input (a file, folder or glob) or dataset_dir / datalist.")
-        entries = load_datalist(dataset_dir=dataset_dir, datalist=datalist)[split]
+        entries = load_datalist(dataset_dir=dataset_dir, datalist=datalist, check=False)[split]
         if not entries:
             raise ValueError(f"the {split!r} list of the dataset is empty.")
         return entries

@@ -204,7 +204,7 @@ def _complete_dataset(out_dir: Path, num_cases: int, seed: int) -> bool:
     """Whether ``out_dir`` already holds the dataset for these arguments, every listed file included."""
     json_path = out_dir / "dataset.json"
     try:
-        meta = json.loads(json_path.read_text())
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
         entries = meta["training"] + meta["test"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -273,7 +273,7 @@ def generate_demo_dataset(out_dir: PathLike, num_cases: int = 8, seed: int = 0) 
         "test": entries[num_training:],
     }
     tmp_path = json_path.with_suffix(".json.tmp")
-    tmp_path.write_text(json.dumps(meta, indent=2))
+    tmp_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     os.replace(tmp_path, json_path)  # atomic: a reader never sees a half-written list
     return json_path
 

@@ -88,7 +88,7 @@ class SITKReader(ImageReader):
             return series[self.series_uid]
         if len(series) > 1:
             raise ValueError(
-                f"DICOM folder {folder} holds {len(series)} series, choose one with SITKReader(series_uid=...): "
+                f"DICOM folder {folder} holds {len(series)} series; choose one with series_uid (dlka-segment --series): "
                 f"{listing}."
             )
         return series[uids[0]]

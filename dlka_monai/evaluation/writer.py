@@ -104,12 +104,12 @@ class MetricsWriter:
 
     def completed(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.output_dir / "metrics.csv", "w", newline="") as f:
+        with open(self.output_dir / "metrics.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=["case", "class", "name", *METRICS])
             writer.writeheader()
             writer.writerows(self.rows)
         summary = summarize(self.rows, self.class_names, SYNAPSE_8_ORGANS)
         text = json.dumps(summary, indent=2, default=lambda v: None)
         # JSON has no NaN: write null
-        (self.output_dir / "summary.json").write_text(text.replace("NaN", "null"))
+        (self.output_dir / "summary.json").write_text(text.replace("NaN", "null"), encoding="utf-8")
         engine.state.metrics["mean_dice"] = summary.get("all_classes", {}).get("dice", {}).get("mean", math.nan)

@@ -1,5 +1,14 @@
-from .checkpoints import latest_checkpoint
-from .handlers import LrLogger
+from .checkpoints import TrainingCheckpointer, atomic_save, check_checkpoint, latest_checkpoint, safe_load
+from .handlers import LrLogger, NonFiniteLossGuard
 from .optim import build_optimizer
 
-__all__ = ["build_optimizer", "latest_checkpoint", "LrLogger"]
+__all__ = [
+    "build_optimizer",
+    "atomic_save",
+    "safe_load",
+    "latest_checkpoint",
+    "check_checkpoint",
+    "TrainingCheckpointer",
+    "LrLogger",
+    "NonFiniteLossGuard",
+]

@@ -1,19 +1,97 @@
 # Copyright (c) dlka_monai contributors. Licensed under the Apache License, Version 2.0.
-"""Finding the checkpoint to resume from."""
+"""Crash-safe training checkpoints: atomic writes of the whole training state, resuming from the newest
+complete one, and the best model of validation."""
 
 from __future__ import annotations
 
+import logging
+import os
+import pickle
+import random
 import re
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["latest_checkpoint"]
+import ignite.distributed as idist
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.transforms import Randomizable
 
-# MONAI's CheckpointSaver(save_interval=...) names interval checkpoints `<prefix>_checkpoint_epoch=N.pt`
+from dlka_monai.data.validation import InvalidInputError
+from dlka_monai.networks import create_network, list_networks
+
+__all__ = ["atomic_save", "safe_load", "latest_checkpoint", "check_checkpoint", "TrainingCheckpointer"]
+
+logger = logging.getLogger(__name__)
+
 _INTERVAL = re.compile(r"checkpoint_(epoch|iteration)=(\d+)\.pt$")
 
 
-def latest_checkpoint(ckpt_dir: str | Path) -> str:
-    """Path of the newest interval checkpoint (highest epoch/iteration) in ``ckpt_dir``.
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the target folder, flushed to disk, then renamed over ``path``:
+    a reader (or a process killed at any moment) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    # the rename lives in the folder's entry, which has to reach the disk too
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _first_line(text: str, default: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else default
+
+
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never pickled code.
+
+    Raises:
+        InvalidInputError: (a ``ValueError``) in one line: the file is missing or not a checkpoint, or it holds
+            pickled objects, which are listed, with how to extract the weights from a file one trusts.
+    """
+    if not Path(path).is_file():
+        raise InvalidInputError(f"{path}: no such checkpoint file.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - not a torch.save zip file: nothing to list
+            unsafe = re.findall(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if not unsafe:
+            reason = _first_line(str(e).split("WeightsUnpickler error:")[-1], default=type(e).__name__)
+            raise InvalidInputError(f"{path}: cannot be read with torch.load(weights_only=True): {reason}") from e
+        # unpickling those objects could run arbitrary code, so there is no retry with weights_only=False
+        raise InvalidInputError(
+            f"{path}: contains pickled Python objects ({', '.join(sorted(unsafe))}), refused because loading "
+            "them can run arbitrary code; if you trust the file, extract the state dict in a trusted "
+            f"environment, e.g. python -c \"import torch; ckpt = torch.load({str(path)!r}, map_location='cpu', "
+            "weights_only=False); torch.save(ckpt['state_dict'], 'weights.pt')\", and use weights.pt."
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise InvalidInputError(f"{path}: cannot be read as a PyTorch checkpoint: {_first_line(str(e), type(e).__name__)}") from e
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
+    """Path of the newest complete interval checkpoint (highest epoch/iteration) in ``ckpt_dir``.
+
+    Files that are not complete torch archives (left by a writer that was not atomic) are skipped with a
+    warning; temporary files of :func:`atomic_save` never match.
 
     Raises:
         FileNotFoundError: when there is none, naming the folder.
@@ -21,8 +99,260 @@ def latest_checkpoint(ckpt_dir: str | Path) -> str:
     found = []
     for path in Path(ckpt_dir).glob("*checkpoint_*=*.pt"):
         match = _INTERVAL.search(path.name)
-        if match:
-            found.append((int(match.group(2)), path))
+        if not match:
+            continue
+        if not zipfile.is_zipfile(path):
+            logger.warning(f"skipping {path}: not a complete checkpoint file.")
+            continue
+        found.append((int(match.group(2)), path))
     if not found:
         raise FileNotFoundError(f"no checkpoint to resume from in {ckpt_dir} (looked for *checkpoint_epoch=N.pt).")
     return str(max(found)[1])
+
+
+def _shapes(state: dict) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _preset_of(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """The registered network (with its default arguments) whose state dict has exactly these shapes."""
+    for name in list_networks():
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            if _shapes(create_network(name).state_dict()) == shapes:
+                return name
+    return None
+
+
+def check_checkpoint(
+    path: str | os.PathLike, network: torch.nn.Module, preset: str | None = None, key: str = "model"
+) -> str:
+    """Check that the weights in ``path`` fit ``network``, name for name and shape for shape.
+
+    Args:
+        path: a checkpoint: a state dict, or a dict holding one under ``key``.
+        network: the configured network.
+        preset: its registry name, for the message.
+        key: where a training checkpoint keeps the network's state dict.
+
+    Returns:
+        ``path`` as a string, so the call can stand for the path in a config.
+
+    Raises:
+        InvalidInputError: the file is missing, not a weights-only checkpoint, or holds another network's
+            weights; the message names the preset the checkpoint is of (when it is a registered one with
+            default arguments) and the configured one.
+    """
+    state = safe_load(path)
+    state = state.get(key, state) if isinstance(state, dict) else state
+    expected = _shapes(getattr(network, "module", network).state_dict())
+    found = _shapes(state) if isinstance(state, dict) else {}
+    if found == expected:
+        return str(path)
+    differ = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+    example = differ[0]
+    of = _preset_of(found)
+    configured = preset or type(network).__name__
+    raise InvalidInputError(
+        f"{path}: holds the weights of {of or 'another network'}, not of the configured {configured} "
+        f"({len(differ)} tensors differ, e.g. {example}: {found.get(example, 'missing')} in the checkpoint, "
+        f"{expected.get(example, 'absent')} in the network)."
+    )
+
+
+def _randomizables(obj: Any, seen: set[int] | None = None) -> Iterator[Randomizable]:
+    """The random transforms in a transform chain, with the ones they hold (a dict transform often keeps its
+    own array transform, with a random state of its own)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, Randomizable):
+        yield obj
+    children = getattr(obj, "transforms", None)
+    for child in list(children or []) + [v for v in getattr(obj, "__dict__", {}).values() if isinstance(v, Randomizable)]:
+        if callable(child):
+            yield from _randomizables(child, seen)
+
+
+def _numpy_state(state: tuple) -> dict:
+    # as tensors and numbers, so that torch.load(weights_only=True) reads it back
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached}
+
+
+def _numpy_tuple(state: dict) -> tuple:
+    return state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"]
+
+
+class TrainingCheckpointer:
+    """Crash-safe checkpoints of a training run, as an ignite handler of the trainer.
+
+    Every ``interval`` epochs (and at the end of training) the whole training state is written atomically
+    (:func:`atomic_save`) to ``save_dir/checkpoint_epoch=N.pt``: ``model``, ``optimizer``, ``lr_scheduler``,
+    the AMP ``scaler``, ``trainer`` (epoch, iteration, epoch length), ``best`` (best validation metric and
+    its epoch) and ``rng`` (Python, NumPy, torch and CUDA generators and the random transforms of the
+    training data). Older interval checkpoints are deleted only after the new one is complete, keeping
+    ``keep``. A training killed at any moment therefore loses at most the epochs since the last checkpoint,
+    and resuming (``resume=True``) restores all of it from :func:`latest_checkpoint` when the trainer starts.
+
+    With an ``evaluator``, the network is also written atomically to ``save_dir/best_filename`` (a plain
+    state dict, as MONAI bundles keep ``models/model.pt``) whenever its key metric improves; the best value
+    survives resuming, so a worse model after a restart does not replace it.
+
+    Only the rank-0 process writes; every process loads.
+
+    Args:
+        save_dir: folder of the checkpoints (created if missing).
+        network: the trained network (a ``DistributedDataParallel`` wrapper is unwrapped).
+        optimizer: its optimizer.
+        lr_scheduler: the learning-rate scheduler, if any.
+        evaluator: the validation engine whose ``best_metric`` selects ``best_filename``.
+        interval: epochs between checkpoints.
+        keep: interval checkpoints kept on disk (>= 1).
+        resume: restore the newest checkpoint in ``save_dir`` when the trainer starts; an error naming the
+            folder when there is none.
+        best_filename: file name of the best model, or None not to write it.
+        map_location: where tensors are loaded when resuming.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any = None,
+        evaluator: Engine | None = None,
+        interval: int = 1,
+        keep: int = 1,
+        resume: bool = False,
+        best_filename: str | None = "model.pt",
+        map_location: Any = "cpu",
+    ) -> None:
+        if interval < 1 or keep < 1:
+            raise ValueError(f"interval and keep must be >= 1, got {interval} and {keep}.")
+        self.save_dir = Path(save_dir)
+        self.network = getattr(network, "module", network)
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.evaluator = evaluator
+        self.interval = interval
+        self.keep = keep
+        self.resume = resume
+        self.best_filename = best_filename
+        self.map_location = map_location
+        self.trainer: Engine | None = None
+        self._saved_epoch = -1
+        self._best_saved_epoch = -1
+
+    def attach(self, engine: Engine) -> None:
+        """Save on ``engine``'s epochs (and the best model on the evaluator's), resume when it starts."""
+        self.trainer = engine
+        if self.resume:
+            engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+        if self.evaluator is not None and self.best_filename:
+            self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self._save_best)
+
+    def _random_transforms(self) -> list[Randomizable]:
+        dataset = getattr(getattr(self.trainer, "data_loader", None), "dataset", None)
+        return list(_randomizables(getattr(dataset, "transform", None)))
+
+    def _rng_state(self) -> dict:
+        state = {
+            "python": random.getstate(),
+            "numpy": _numpy_state(np.random.get_state()),
+            "torch": torch.get_rng_state(),
+            "transforms": [_numpy_state(t.R.get_state()) for t in self._random_transforms()],
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _set_rng_state(self, state: dict) -> None:
+        random.setstate(state["python"])
+        np.random.set_state(_numpy_tuple(state["numpy"]))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        transforms = self._random_transforms()
+        if len(transforms) == len(state["transforms"]):
+            for t, s in zip(transforms, state["transforms"]):
+                t.R.set_state(_numpy_tuple(s))
+        else:
+            logger.warning("the random transforms differ from the checkpoint's; their random states start afresh.")
+
+    def state_dict(self) -> dict:
+        """The whole training state, as saved."""
+        trainer = self.trainer.state
+        scaler = getattr(self.trainer, "scaler_", None)
+        evaluator = None if self.evaluator is None else self.evaluator.state
+        return {
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": None if self.lr_scheduler is None else self.lr_scheduler.state_dict(),
+            "scaler": None if scaler is None else scaler.state_dict(),
+            "trainer": {"epoch": trainer.epoch, "iteration": trainer.iteration, "epoch_length": trainer.epoch_length},
+            "best": {
+                "metric": None if evaluator is None else float(evaluator.best_metric),
+                "epoch": None if evaluator is None else int(evaluator.best_metric_epoch),
+            },
+            "rng": self._rng_state(),
+        }
+
+    def save(self, engine: Engine) -> None:
+        """Write ``checkpoint_epoch=N.pt`` for the current epoch (once), then delete the older ones."""
+        epoch = engine.state.epoch
+        if epoch == self._saved_epoch or idist.get_rank() != 0:
+            return
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        path = self.save_dir / f"checkpoint_epoch={epoch}.pt"
+        atomic_save(self.state_dict(), path)
+        self._saved_epoch = epoch
+        older = sorted(
+            (int(m.group(2)), p)
+            for p in self.save_dir.glob("checkpoint_epoch=*.pt")
+            if (m := _INTERVAL.search(p.name)) and int(m.group(2)) < epoch
+        )
+        for _, stale in older[: max(0, len(older) - (self.keep - 1))]:
+            stale.unlink(missing_ok=True)
+        # temporary files of runs killed while saving (only rank 0 writes, so none is being written now)
+        for leftover in self.save_dir.glob(".checkpoint_epoch=*.tmp"):
+            leftover.unlink(missing_ok=True)
+        logger.info(f"saved {path}")
+
+    def _save_best(self, evaluator: Engine) -> None:
+        state = evaluator.state
+        if state.best_metric_epoch != state.epoch or state.epoch == self._best_saved_epoch or idist.get_rank() != 0:
+            return
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        atomic_save(self.network.state_dict(), self.save_dir / self.best_filename)
+        self._best_saved_epoch = state.epoch
+        logger.info(f"saved {self.save_dir / self.best_filename} (best {state.best_metric:.4f} at epoch {state.epoch})")
+
+    def load(self, engine: Engine) -> None:
+        """Restore the newest checkpoint of ``save_dir`` into the network, optimizer, scheduler, scaler,
+        trainer, evaluator's best metric and random generators."""
+        self.trainer = engine
+        path = latest_checkpoint(self.save_dir)
+        ckpt = safe_load(path, self.map_location)
+        max_epochs = engine.state.max_epochs
+        if ckpt["trainer"]["epoch"] > max_epochs:
+            raise ValueError(
+                f"{path} is at epoch {ckpt['trainer']['epoch']}, beyond max_epochs={max_epochs}; raise max_epochs to go on."
+            )
+        self.network.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.lr_scheduler is not None and ckpt["lr_scheduler"] is not None:
+            self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+        scaler = getattr(engine, "scaler_", None)
+        if scaler is not None and ckpt["scaler"] is not None:
+            scaler.load_state_dict(ckpt["scaler"])
+        engine.state.epoch = ckpt["trainer"]["epoch"]
+        engine.state.iteration = ckpt["trainer"]["iteration"]
+        if self.evaluator is not None and ckpt["best"]["epoch"] is not None:
+            self.evaluator.state.best_metric = ckpt["best"]["metric"]
+            self.evaluator.state.best_metric_epoch = ckpt["best"]["epoch"]
+        self._set_rng_state(ckpt["rng"])
+        self._saved_epoch = engine.state.epoch
+        logger.info(f"resumed from {path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import torch
 from ignite.engine import Engine, Events
+from monai.engines import IterationEvents
+from monai.utils import CommonKeys as Keys
 from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["LrLogger"]
+__all__ = ["LrLogger", "NonFiniteLossGuard"]
 
 
 class LrLogger:
@@ -42,3 +44,54 @@ class LrLogger:
         for i, group in enumerate(self.optimizer.param_groups):
             self.writer.add_scalar(self.tag if i == 0 else f"{self.tag}_{i}", group["lr"], engine.state.epoch)
         self.writer.flush()
+
+
+class NonFiniteLossGuard:
+    """Stop training, or skip the optimizer step, when the loss or a gradient is NaN or infinite.
+
+    It runs between ``backward`` and the optimizer step of a MONAI ``SupervisedTrainer``. Gradients are
+    checked too because under ``DistributedDataParallel`` they are the same on every rank while the loss is
+    not, so all ranks take the same decision. With AMP the gradients are scaled and the ``GradScaler`` itself
+    skips steps with non-finite gradients, so only the loss is checked.
+
+    Args:
+        action: ``"stop"``: raise ``FloatingPointError`` naming the epoch and iteration; nothing more is
+            saved, so the last checkpoint is the last good state. ``"skip"``: drop this step's gradients
+            (the optimizer leaves parameters without gradients untouched, momentum included) and go on.
+        max_skips: with ``"skip"``, stop after this many non-finite steps in a row.
+    """
+
+    def __init__(self, action: str = "stop", max_skips: int = 20) -> None:
+        if action not in ("stop", "skip"):
+            raise ValueError(f"action must be 'stop' or 'skip', got {action!r}.")
+        self.action = action
+        self.max_skips = max_skips
+        self.skipped = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        loss = engine.state.output[Keys.LOSS].detach()
+        finite = bool(torch.isfinite(loss).all())
+        if finite and getattr(engine, "scaler_", None) is None:
+            grads = [p.grad for p in engine.network.parameters() if p.grad is not None]
+            finite = not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        if finite:
+            self.skipped = 0
+            return
+        where = (
+            f"epoch {engine.state.epoch}, iteration {engine.state.iteration} "
+            f"(batch {(engine.state.iteration - 1) % engine.state.epoch_length + 1} of {engine.state.epoch_length})"
+        )
+        what = f"loss {loss.item()}" if not torch.isfinite(loss).all() else "a non-finite gradient"
+        self.skipped += 1
+        if self.action == "stop" or self.skipped > self.max_skips:
+            streak = f" after {self.skipped - 1} skipped steps in a row" if self.action == "skip" else ""
+            raise FloatingPointError(
+                f"{what} at {where}{streak}: training stopped; the last checkpoint holds the last good state "
+                "(lower the learning rate, check the data, or set nonfinite_loss to 'skip')."
+            )
+        engine.logger.warning(f"{what} at {where}: step skipped ({self.skipped} in a row).")
+        if getattr(engine, "scaler_", None) is None:
+            engine.optimizer.zero_grad(set_to_none=True)
