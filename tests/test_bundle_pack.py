@@ -1,0 +1,141 @@
+"""Packing (python -m dlka_monai.bundle pack): self-contained bundle folders and zips, run outside the repo."""
+
+import argparse
+import json
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+from conftest import TINY_BUNDLE_IMG_SIZE, TINY_BUNDLE_NET, TINY_BUNDLE_PIXDIM
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from monai.transforms import Spacingd
+from test_segment import _assert_same_space
+
+from dlka_monai.bundle import main, pack_bundle
+from dlka_monai.inference import SafeSpacingd
+from dlka_monai.networks import create_network
+
+TINY_SET = {
+    "network_def#feature_size": TINY_BUNDLE_NET["feature_size"],
+    "network_def#depths": TINY_BUNDLE_NET["depths"],
+    "img_size": TINY_BUNDLE_IMG_SIZE,
+    "pixdim": TINY_BUNDLE_PIXDIM,
+}
+# what MONAI Label 0.8.5's BundleTrainTask overrides or reads in train.json
+MONAILABEL_TRAIN_IDS = (
+    "bundle_root", "device", "network", "network_def", "train#trainer#max_epochs", "train#dataset#data",
+    "train#handlers", "validate#dataset#data",
+)
+
+
+def _set_args(overrides):
+    return [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+
+
+def _tiny_training_checkpoint(path):
+    """A training checkpoint of the tiny net: the packer keeps its ``model`` weights."""
+    torch.manual_seed(0)
+    net = create_network("dlka3d_synapse", img_size=TINY_BUNDLE_IMG_SIZE, **TINY_BUNDLE_NET)
+    torch.save({"model": net.state_dict(), "epoch": torch.tensor(3)}, path)
+    return net.state_dict()
+
+
+def test_pack_writes_a_folder_and_a_zip_that_segment_outside_the_repo(demo_dataset, tmp_path):
+    weights = _tiny_training_checkpoint(tmp_path / "checkpoint_epoch=3.pt")
+    out = tmp_path / "dist" / "dlka3d_synapse"
+    cmd = [sys.executable, "-m", "dlka_monai.bundle", "pack", "--preset", "dlka3d_synapse", "--out", str(out)]
+    cmd += ["--checkpoint", str(tmp_path / "checkpoint_epoch=3.pt"), "--zip", *_set_args(TINY_SET)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    configs = {"train", "inference", "metadata", "multi_gpu_train", "evaluate"}
+    assert files == {f"configs/{c}.json" for c in configs} | {"configs/logging.conf", "models/model.pt", "docs/README.md", "LICENSE"}
+    packed = torch.load(out / "models" / "model.pt", weights_only=True)
+    assert packed.keys() == weights.keys() and all(torch.equal(packed[k], weights[k]) for k in weights)
+    meta = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    assert pred["num_channels"] == len(pred["channel_def"]) == 14 and pred["channel_def"]["6"] == "liver"
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == TINY_BUNDLE_IMG_SIZE
+    assert "dlka_monai" in meta["required_packages_version"]
+
+    zip_path = tmp_path / "dist" / f"dlka3d_synapse_v{meta['version']}.zip"
+    assert str(zip_path) in proc.stdout
+    with zipfile.ZipFile(zip_path) as archive:
+        assert set(archive.namelist()) == {f"dlka3d_synapse/{f}" for f in files}
+        archive.extractall(tmp_path / "unzipped")
+
+    # the unzipped bundle, run from a folder that is neither the repository nor the bundle
+    bundle, work = tmp_path / "unzipped" / "dlka3d_synapse", tmp_path / "work"
+    work.mkdir()
+    image = demo_dataset / "imagesTr" / "demo_006.nii.gz"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json")]
+    cmd += ["--bundle_root", str(bundle), "--input", str(image), "--output_dir", str(work / "seg")]
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    _assert_same_space(work / "seg" / "demo_006_seg.nii.gz", image)
+
+
+@pytest.mark.parametrize(
+    "preset, num_classes, spatial_shape, label_1",
+    [
+        ("dlka3d_synapse", 14, [64, 128, 128], "spleen"),
+        ("dlka3d_pancreas", 2, [96, 96, 96], "pancreas"),
+        ("dlka2d_synapse", 9, [224, 224], "spleen"),
+    ],
+)
+def test_pack_merges_the_presets_overlays_into_single_configs(tmp_path, preset, num_classes, spatial_shape, label_1):
+    out, zip_path = pack_bundle(preset, tmp_path / preset)
+    assert zip_path is None and not (out / "models").exists()
+    train = ConfigParser()
+    train.read_config(str(out / "configs" / "train.json"))
+    assert all(id_ in train for id_ in MONAILABEL_TRAIN_IDS)
+    # the checkpoint MONAI Label loads and trains, whatever folder the repo's overlay used
+    assert train["ckpt_dir"] == "$os.path.join(@bundle_root, 'models')" and train["demo"] is False
+    inference = ConfigParser()
+    inference.read_config(str(out / "configs" / "inference.json"))
+    inference["bundle_root"] = str(out)
+    assert inference["ckpt_path"] == "$os.path.join(@bundle_root, 'models', 'model.pt')"
+    assert inference.get_parsed_content("preset") == preset
+    assert inference.get_parsed_content("num_classes") == num_classes
+    assert inference.get_parsed_content("class_names")["1"] == label_1
+    for id_ in ("preprocessing", "inferer", "postprocessing"):  # what BundleInferTask instantiates
+        assert inference.get_parsed_content(id_) is not None
+    meta = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    assert pred["num_channels"] == len(pred["channel_def"]) == num_classes and pred["channel_def"]["1"] == label_1
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == pred["spatial_shape"] == spatial_shape
+
+
+def test_pack_refuses_bad_input_in_one_line(tmp_path, capsys):
+    _tiny_training_checkpoint(tmp_path / "tiny.pt")
+    torch.save({"model": argparse.Namespace(a=1)}, tmp_path / "pickled.pt")
+    (tmp_path / "taken").mkdir()
+    cases = {
+        "another network": (["--preset", "dlka3d_pancreas", "--checkpoint", str(tmp_path / "tiny.pt")], "not of the configured"),
+        "pickled objects": (["--preset", "dlka3d_synapse", "--checkpoint", str(tmp_path / "pickled.pt")], "pickled Python objects"),
+        "unknown id": (["--preset", "dlka3d_synapse", "--set", "network_def#nope#x=1"], "network_def#nope#x"),
+        "out exists": (["--preset", "dlka3d_synapse", "--out", str(tmp_path / "taken")], "exists"),
+    }
+    for name, (args, message) in cases.items():
+        out = ["--out", str(tmp_path / "out")] if "--out" not in args else []
+        assert main(["pack", *args, *out]) == 1, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("bundle: error:") and message in err, (name, err)
+        assert not (tmp_path / "out").exists(), name
+
+
+def test_safe_spacingd_leaves_monai_labels_items_alone():
+    image = MetaTensor(torch.rand(1, 8, 8, 6), affine=torch.diag(torch.tensor([1.0, 1.0, 3.0, 1.0])))
+    image.meta["filename_or_obj"] = "ct.nii.gz"  # MONAI 1.6's Spacingd updates image_* items for NIfTI only
+    data = {"image": image, "image_meta_dict": dict(image.meta), "image_path": "/data/ct.nii.gz"}
+    spacing = SafeSpacingd(keys="image", pixdim=(2.0, 2.0, 2.0))
+    out = spacing(data)
+    expected = Spacingd(keys="image", pixdim=(2.0, 2.0, 2.0))({"image": image.clone()})["image"]
+    assert out["image_path"] == "/data/ct.nii.gz" and torch.equal(out["image"].as_tensor(), expected.as_tensor())
+    assert out["image"].shape == (1, 4, 4, 8)
+    restored = spacing.inverse(out)
+    assert restored["image"].shape == image.shape and restored["image_path"] == "/data/ct.nii.gz"
