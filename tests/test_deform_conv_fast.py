@@ -36,7 +36,6 @@ CASES = [
     (1, 4, 3, (7, 6, 9), 3, 2, 0, 1),
     (2, 3, 4, (8, 8, 8), 3, 1, 2, 2),
     (1, 4, 4, (5, 6, 7), (3, 2, 1), (2, 1, 1), (1, 0, 0), (1, 2, 1)),
-    (1, 6, 6, (5, 5, 5), 3, 1, 1, 1, 2),  # groups=2: documented fallback to the reference
 ]
 
 
@@ -132,3 +131,28 @@ def test_fast_paths_accept_monai_metatensors():
     assert _close(out.as_tensor() if hasattr(out, "as_tensor") else out, ref)
     out.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_half_precision_runs_the_fast_path_in_float32():
+    """bf16 input (as under AMP): the result and gradients are float32 computations of the bf16 values,
+    returned in bf16, not the reference path's."""
+    torch.manual_seed(0)
+    x, off, w, b, (st, pd, dl, _) = _case(1, 4, 5, (6, 6, 6), 3, 1, 1, 1)
+    xh = x.detach().bfloat16().requires_grad_()
+    y = deform_conv3d_fast(xh, off, w, b, st, pd, dl)
+    assert y.dtype == torch.bfloat16
+    y.float().square().sum().backward()
+    y32 = deform_conv3d(xh.detach().float().requires_grad_(), off.detach().requires_grad_(), w, b, st, pd, dl)
+    assert _close(y.float(), y32, rel=1e-2, abs_=1e-2)
+    assert xh.grad.dtype == torch.bfloat16 and off.grad is not None and w.grad is not None
+    assert torch.isfinite(xh.grad.float()).all() and torch.isfinite(off.grad).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast off inside: float32 GEMMs, no dtype clash
+        conv = DeformConv3d(4, 5, 3, padding=1)
+        assert conv(torch.randn(1, 4, 6, 6, 6), 0.5 * torch.randn(1, 81, 6, 6, 6)).shape == (1, 5, 6, 6, 6)
+
+
+def test_unsupported_groups_fall_back_with_a_warning():
+    x, off, w, b, (st, pd, dl, _) = _case(1, 6, 6, (5, 5, 5), 3, 1, 1, 1, groups=2)
+    with pytest.warns(UserWarning, match="supports groups=1 .* using the reference deform_conv3d"):
+        y = deform_conv3d_fast(x, off, w, b, st, pd, dl, groups=2)
+    assert torch.allclose(y, deform_conv3d(x, off, w, b, st, pd, dl, groups=2))

@@ -23,6 +23,7 @@ Also here: :func:`dilated_depthwise_conv3d` / :class:`FastDilatedDepthwiseConv3d
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -250,11 +251,22 @@ def deform_conv3d_fast(
     Same arguments, shapes, semantics and result (up to float rounding), computed by a custom
     autograd function that saves only ``input``, ``offset`` and ``weight`` for backward.
 
-    Falls back to the reference ``deform_conv3d`` (pure autograd) for ``groups != 1`` and for input
-    dtypes other than float32 / float64 (the fast path is only tested for those).
+    Half precision (float16 / bfloat16 input, as under AMP) is computed in float32, with autocast off,
+    and returned in the input's dtype: the sampling positions need float32 anyway, and the reference
+    path would keep all sampled columns for backward. Falls back to the reference ``deform_conv3d``
+    (pure autograd), with a warning, for ``groups != 1`` and other dtypes.
     """
     stride, padding, dilation = _triple(stride), _triple(padding), _triple(dilation)
-    if groups != 1 or input.dtype not in (torch.float32, torch.float64) or weight.dtype != input.dtype:
+    if input.dtype in (torch.float16, torch.bfloat16) or (input.is_floating_point() and weight.dtype != input.dtype):
+        with torch.autocast(input.device.type, enabled=False):
+            args = [None if t is None else t.float() for t in (input, offset, weight, bias)]
+            return deform_conv3d_fast(*args, stride, padding, dilation, groups).to(input.dtype)
+    if groups != 1 or input.dtype not in (torch.float32, torch.float64):
+        warnings.warn(
+            f"deform_conv3d_fast supports groups=1 and floating-point input only (got groups={groups}, "
+            f"{input.dtype}); using the reference deform_conv3d, which is slower and keeps more memory.",
+            stacklevel=2,
+        )
         return deform_conv3d(input, offset, weight, bias, stride, padding, dilation, groups)
     *_, out_size = _check_args(input, offset, weight, stride, padding, dilation, groups)
     if min(out_size) <= 0:
