@@ -236,3 +236,12 @@ def test_training_killed_at_random_moments_resumes_and_finishes(tmp_path, demo_d
     assert final["trainer"]["epoch"] == max_epochs
     assert final["trainer"]["iteration"] == max_epochs * final["trainer"]["epoch_length"]
     torch.load(models / "model.pt", weights_only=True)
+
+
+def test_resume_refuses_the_checkpoint_of_another_network(tmp_path):
+    trainer, net, optimizer = _trainer(torch.nn.MSELoss())
+    other = torch.nn.Conv3d(1, 2, 3, padding=1)
+    atomic_save({"model": other.state_dict(), "trainer": {"epoch": 1}}, tmp_path / "checkpoint_epoch=1.pt")
+    TrainingCheckpointer(tmp_path, net, optimizer, resume=True).attach(trainer)
+    with pytest.raises(InvalidInputError, match=r"checkpoint_epoch=1.pt: holds the weights of another network, not of the configured Conv3d"):
+        trainer.run()

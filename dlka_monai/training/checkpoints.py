@@ -143,11 +143,15 @@ def check_checkpoint(
             default arguments) and the configured one.
     """
     state = safe_load(path)
-    state = state.get(key, state) if isinstance(state, dict) else state
+    _check_state(state.get(key, state) if isinstance(state, dict) else state, network, preset, path)
+    return str(path)
+
+
+def _check_state(state: Any, network: torch.nn.Module, preset: str | None, path: str | os.PathLike) -> None:
     expected = _shapes(getattr(network, "module", network).state_dict())
     found = _shapes(state) if isinstance(state, dict) else {}
     if found == expected:
-        return str(path)
+        return
     differ = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
     example = differ[0]
     of = _preset_of(found)
@@ -341,6 +345,7 @@ class TrainingCheckpointer:
             raise ValueError(
                 f"{path} is at epoch {ckpt['trainer']['epoch']}, beyond max_epochs={max_epochs}; raise max_epochs to go on."
             )
+        _check_state(ckpt.get("model"), self.network, None, path)
         self.network.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.lr_scheduler is not None and ckpt["lr_scheduler"] is not None:
