@@ -32,10 +32,10 @@ class _Volume(NamedTuple):
     shape: tuple[int, ...]  # spatial axes first, any channel/time axis last
     spacing: tuple[float, ...]
     affine: np.ndarray  # RAS
-    data: np.ndarray
+    data: np.ndarray | None
 
 
-def _read(path: Path, series_uid: str | None) -> _Volume:
+def _read(path: Path, series_uid: str | None, data: bool) -> _Volume:
     if path.name.endswith(NIFTI_SUFFIXES):
         # nibabel, not SimpleITK: SimpleITK zero-fills a truncated .nii.gz without complaint
         # nibabel logs the header fixes it makes; they are reported below as errors, in one line
@@ -50,7 +50,7 @@ def _read(path: Path, series_uid: str | None) -> _Volume:
         with nib.openers.ImageOpener(path) as f:
             raw = type(image.header).from_fileobj(f, check=False)
         zooms = tuple(float(z) for z in raw["pixdim"][1 : len(image.shape) + 1])
-        return _Volume(tuple(image.shape), zooms, image.affine, np.asanyarray(image.dataobj))
+        return _Volume(tuple(image.shape), zooms, image.affine, np.asanyarray(image.dataobj) if data else None)
     reader = SITKReader(series_uid=series_uid, suffixes=())
     try:
         image = reader.read(path) if path.is_dir() else sitk.ReadImage(str(path))
@@ -61,13 +61,14 @@ def _read(path: Path, series_uid: str | None) -> _Volume:
     return _Volume(shape, tuple(image.GetSpacing()), SITKReader._get_affine(image), sitk.GetArrayViewFromImage(image))
 
 
-def _load(path: str | os.PathLike, series_uid: str | None = None) -> _Volume:
-    """The volume at ``path``, checked to be a readable single-channel 3D image with positive spacing."""
+def _load(path: str | os.PathLike, series_uid: str | None = None, data: bool = True) -> _Volume:
+    """The volume at ``path``, checked to be a readable single-channel 3D image with positive spacing; its
+    voxels are read (and so checked to be all there) only with ``data``, but for formats SimpleITK reads."""
     path = Path(path)
     if not path.exists():
         raise InvalidInputError(f"{path}: no such file or folder.")
     try:
-        volume = _read(path, series_uid)
+        volume = _read(path, series_uid, data)
     except InvalidInputError:
         raise
     except Exception as e:  # noqa: BLE001 - nibabel/SimpleITK/zlib raise many types for a bad file
@@ -120,7 +121,7 @@ def check_label(
             )
     if image is None:
         return
-    reference = _load(image)
+    reference = _load(image, data=False)  # its grid only
     if label.shape != reference.shape:
         raise InvalidInputError(
             f"{path}: shape {'x'.join(map(str, label.shape))} differs from its image {image} "
