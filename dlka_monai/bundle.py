@@ -32,7 +32,7 @@ from monai.bundle import ConfigParser, ReferenceResolver
 from monai.config import PathLike
 
 import dlka_monai
-from dlka_monai.training import check_checkpoint, safe_load
+from dlka_monai.training import check_state_dict, safe_load
 
 __all__ = ["BundlePreset", "BUNDLE_PRESETS", "merged_configs", "pack_bundle", "main"]
 
@@ -207,9 +207,10 @@ def _checked_weights(path: PathLike, inference: dict, source: PathLike | None) -
     # the meta device gives the network's names and shapes without allocating its weights
     with torch.device("meta"):
         network = parser.get_parsed_content("network_def")
-    check_checkpoint(path, network, parser.get_parsed_content("preset"))
     state = safe_load(path)
-    return state.get("model", state)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    check_state_dict(state, network, parser.get_parsed_content("preset"), path)
+    return state
 
 
 def _metadata(preset: str, inference: dict, source: PathLike | None) -> dict:

@@ -40,7 +40,7 @@ def _repo_bundle_root() -> Path:
 
 def _checkpoint_overlay(ckpt: Path) -> list[str]:
     """The overlays of the preset whose network the state dict ``ckpt`` fits."""
-    state = safe_load(ckpt)
+    state = safe_load(ckpt, mmap=True)  # only the head's shape is read here
     state = state.get("model", state) if isinstance(state, dict) else state
     head = state.get("out1.conv.conv.weight") if isinstance(state, dict) else None
     classes = None if head is None else head.shape[0]

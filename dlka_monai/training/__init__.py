@@ -1,4 +1,11 @@
-from .checkpoints import TrainingCheckpointer, atomic_save, check_checkpoint, latest_checkpoint, safe_load
+from .checkpoints import (
+    TrainingCheckpointer,
+    atomic_save,
+    check_checkpoint,
+    check_state_dict,
+    latest_checkpoint,
+    safe_load,
+)
 from .handlers import LrLogger, NonFiniteLossGuard
 from .optim import build_optimizer
 
@@ -8,6 +15,7 @@ __all__ = [
     "safe_load",
     "latest_checkpoint",
     "check_checkpoint",
+    "check_state_dict",
     "TrainingCheckpointer",
     "LrLogger",
     "NonFiniteLossGuard",

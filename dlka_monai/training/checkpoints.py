@@ -23,7 +23,7 @@ from monai.transforms import Randomizable
 from dlka_monai.data.validation import InvalidInputError
 from dlka_monai.networks import create_network, list_networks
 
-__all__ = ["atomic_save", "safe_load", "latest_checkpoint", "check_checkpoint", "TrainingCheckpointer"]
+__all__ = ["atomic_save", "safe_load", "latest_checkpoint", "check_checkpoint", "check_state_dict", "TrainingCheckpointer"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +57,14 @@ def _first_line(text: str, default: str) -> str:
     return lines[0] if lines else default
 
 
-def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain containers only, never pickled code.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where tensors are loaded.
+        mmap: map the tensors' storage instead of reading it (for a look at names and shapes only); files
+            of the legacy, non-zip format are read as usual.
 
     Raises:
         InvalidInputError: (a ``ValueError``) in one line: the file is missing or not a checkpoint, or it holds
@@ -67,7 +73,7 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     if not Path(path).is_file():
         raise InvalidInputError(f"{path}: no such checkpoint file.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
@@ -142,12 +148,20 @@ def check_checkpoint(
             weights; the message names the preset the checkpoint is of (when it is a registered one with
             default arguments) and the configured one.
     """
-    state = safe_load(path)
-    _check_state(state.get(key, state) if isinstance(state, dict) else state, network, preset, path)
+    # shapes only: the weights are read by whoever loads them
+    state = safe_load(path, mmap=True)
+    check_state_dict(state.get(key, state) if isinstance(state, dict) else state, network, preset, path)
     return str(path)
 
 
-def _check_state(state: Any, network: torch.nn.Module, preset: str | None, path: str | os.PathLike) -> None:
+def check_state_dict(
+    state: Any, network: torch.nn.Module, preset: str | None = None, path: str | os.PathLike = "checkpoint"
+) -> None:
+    """:func:`check_checkpoint` for a state dict already loaded from ``path``.
+
+    Raises:
+        InvalidInputError: as :func:`check_checkpoint`.
+    """
     expected = _shapes(getattr(network, "module", network).state_dict())
     found = _shapes(state) if isinstance(state, dict) else {}
     if found == expected:
@@ -345,7 +359,7 @@ class TrainingCheckpointer:
             raise ValueError(
                 f"{path} is at epoch {ckpt['trainer']['epoch']}, beyond max_epochs={max_epochs}; raise max_epochs to go on."
             )
-        _check_state(ckpt.get("model"), self.network, None, path)
+        check_state_dict(ckpt.get("model"), self.network, None, path)
         self.network.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.lr_scheduler is not None and ckpt["lr_scheduler"] is not None:
