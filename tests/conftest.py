@@ -25,6 +25,8 @@ def reference_manifest(name: str) -> dict[str, list[int]]:
 # the demo-sized tiny net of the test bundle
 TINY_BUNDLE_NET = dict(feature_size=4, depths=[1, 1, 1, 1])
 TINY_BUNDLE_IMG_SIZE, TINY_BUNDLE_PIXDIM = [32, 64, 64], [3.0, 2.5, 2.5]
+# train.json overrides: the tiny net and a cheap validation, so a few demo epochs take seconds
+TINY_TRAIN_ARGS = ["--network_def#feature_size", "4", "--network_def#depths", "[1,1,1,1]", "--validate#inferer#overlap", "0.25"]
 
 
 @pytest.fixture(scope="session")

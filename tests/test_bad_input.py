@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from conftest import TINY_TRAIN_ARGS
 from dlka_monai.data import InvalidInputError, check_image, load_datalist
 from dlka_monai.networks import create_network
 from dlka_monai.segment import main
@@ -24,8 +25,7 @@ from test_data_readers import STUDY_UID, _write_series
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "configs" / "train.json")
 LOGGING = str(ROOT / "configs" / "logging.conf")
-TINY = ["--network_def#feature_size", "4", "--network_def#depths", "[1,1,1,1]", "--validate#inferer#overlap", "0.25"]
-TINY += ["--img_size", "[32,64,64]", "--pixdim", "[3.0,2.5,2.5]"]  # the demo's patch and spacing
+TINY = TINY_TRAIN_ARGS + ["--img_size", "[32,64,64]", "--pixdim", "[3.0,2.5,2.5]"]  # the demo's patch and spacing
 # LPS-like: not RAS, anisotropic
 AFFINE = np.array([[-0.8, 0, 0, 100.0], [0, -0.8, 0, 80.0], [0, 0, 3.0, -50.0], [0, 0, 0, 1]])
 

@@ -10,14 +10,13 @@ import torch
 from monai.bundle import ConfigWorkflow
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import TINY_TRAIN_ARGS as TINY
 from dlka_monai.training import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "configs" / "train.json")
 MULTI_GPU = str(ROOT / "configs" / "multi_gpu_train.json")
 LOGGING = str(ROOT / "configs" / "logging.conf")
-# a tiny D-LKA net and small validation cost, so a few epochs take seconds
-TINY = ["--network_def#feature_size", "4", "--network_def#depths", "[1,1,1,1]", "--validate#inferer#overlap", "0.25"]
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.transforms import Compose, RandFlipd, RandGaussianNoised
 
+from conftest import TINY_TRAIN_ARGS as TINY
 from dlka_monai.data import InvalidInputError
 from dlka_monai.training import NonFiniteLossGuard, TrainingCheckpointer, atomic_save, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "configs" / "train.json")
 LOGGING = str(ROOT / "configs" / "logging.conf")
-TINY = ["--network_def#feature_size", "4", "--network_def#depths", "[1,1,1,1]", "--validate#inferer#overlap", "0.25"]
 
 
 class NaNLoss(torch.nn.Module):
