@@ -1,5 +1,5 @@
 from .slice_inferer import SliceResizeInferer
-from .transforms import SafeSpacingd
+from .transforms import InvertArgmaxd, SafeSpacingd
 from .tta import FlipTTAInferer
 
-__all__ = ["FlipTTAInferer", "SafeSpacingd", "SliceResizeInferer"]
+__all__ = ["FlipTTAInferer", "InvertArgmaxd", "SafeSpacingd", "SliceResizeInferer"]
