@@ -11,6 +11,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import Compose, Flipd, InvertibleTransform, Invertd, MapTransform, Orientationd, Rotate90d, Spacingd, Transposed
 from monai.transforms.croppad.dictionary import Cropd, Padd
+from monai.utils import convert_to_tensor
 
 __all__ = ["InvertArgmaxd", "SafeSpacingd"]
 
@@ -70,27 +71,23 @@ class InvertArgmaxd(MapTransform):
         split = next((i for i, t in enumerate(invertible) if not isinstance(t, self.moves_voxels_only)), len(invertible))
         self.orig_key = orig_key
         scores_part, labels_part = invertible[split:], invertible[:split]
-        self._invert_scores = (
-            Invertd(self.keys, Compose(scores_part), orig_keys=orig_key, nearest_interp=False) if scores_part else None
-        )
+        self._invert_scores = None
+        if scores_part:
+            self._invert_scores = Invertd(
+                self.keys, Compose(scores_part), orig_keys=orig_key, nearest_interp=False, allow_missing_keys=allow_missing_keys
+            )
         # the label map carries the operations left to invert: Invertd reads them from its own "original"
         self._invert_labels = Invertd(orig_key, Compose(labels_part), orig_keys=orig_key) if labels_part else None
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
+        d = dict(data) if self._invert_scores is None else self._invert_scores(data)
         for key in self.key_iterator(d):
-            scores = d[key]
-            if not isinstance(scores, MetaTensor):
-                scores = MetaTensor(scores)
-            scores = scores.detach()
-            scores.applied_operations = deepcopy(d[self.orig_key].applied_operations)
-            scores.meta = deepcopy(d[self.orig_key].meta)
-            if self._invert_scores is not None:
-                scores = self._invert_scores({**d, key: scores})[key]
+            # Invertd leaves the operations it did not invert on the scores; without it, all are left
+            trace = d[key] if self._invert_scores is not None else d[self.orig_key]
             label = MetaTensor(
-                torch.argmax(scores.as_tensor(), dim=0, keepdim=True).float(),
-                meta=scores.meta,
-                applied_operations=scores.applied_operations,
+                torch.argmax(convert_to_tensor(d[key], track_meta=False), dim=0, keepdim=True).float(),
+                meta=deepcopy(trace.meta),
+                applied_operations=deepcopy(trace.applied_operations),
             )
             if self._invert_labels is not None:
                 label = self._invert_labels({self.orig_key: label})[self.orig_key]
