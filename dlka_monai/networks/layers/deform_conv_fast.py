@@ -83,10 +83,16 @@ class _Sampler:
             device=device,
         )
 
-    def positions(self, offset_b: torch.Tensor, start: int, stop: int) -> list[torch.Tensor]:
+    @staticmethod
+    def voxel_major(offset_b: torch.Tensor) -> torch.Tensor:
+        """``[K, 3, N']`` offsets of one image -> ``[3, N', K]``, so that chunks of voxels are contiguous."""
+        return offset_b.permute(1, 2, 0).contiguous()
+
+    def positions(self, offset_t: torch.Tensor, start: int, stop: int) -> list[torch.Tensor]:
         """Sampling positions ``[n, K]`` per axis for output voxels ``start:stop`` of one image.
 
-        ``offset_b``: ``[K, 3, N']``. Same float operations as the reference (exact integer base + offset).
+        ``offset_t``: ``[3, N', K]`` (:meth:`voxel_major`). Same float operations as the reference (exact
+        integer base + offset).
         """
         n = torch.arange(start, stop, device=self.device)
         hw = self.out_size[1] * self.out_size[2]
@@ -95,7 +101,7 @@ class _Sampler:
         for a in range(3):
             base = (o_axes[a] * self.stride[a] - self.padding[a]).to(self.pos_dtype)
             base = base.unsqueeze(1) + self.k_coord[a].unsqueeze(0)  # [n, K], exact integers
-            pos.append(base + offset_b[:, a, start:stop].t().to(self.pos_dtype))
+            pos.append(base + offset_t[a, start:stop].to(self.pos_dtype))
         return pos
 
     def sample(self, pos, dtype, need_masks=False):
@@ -119,10 +125,12 @@ class _Sampler:
             axis_w.append((1 - frac, frac))
         rows = (lin.unsqueeze(-1) + self.shift).view(-1, 8)
         (z0, z1), (y0, y1), (x0, x1) = axis_w
-        wz = torch.stack((z0, z1), -1)
-        wyx = torch.stack((y0 * x0, y0 * x1, y1 * x0, y1 * x1), -1)
-        w = (wz.unsqueeze(-1) * wyx.unsqueeze(-2)).view(-1, 8)
-        return rows, w, axis_w, masks
+        # one product per corner into its column: about twice as fast as a broadcast outer product
+        w = z0.new_empty(*z0.shape, 8)
+        yx = [wy * wx for wy in (y0, y1) for wx in (x0, x1)]
+        for j, (wz, wyx) in enumerate((wz, wyx) for wz in (z0, z1) for wyx in yx):
+            torch.mul(wz, wyx, out=w[..., j])
+        return rows, w.view(-1, 8), axis_w, masks
 
 
 def _padded_rows(x_b: torch.Tensor) -> torch.Tensor:
@@ -149,9 +157,10 @@ class _DeformConv3dFn(torch.autograd.Function):
         offset_v = offset.view(batch, n_points, 3, n_out)
         for b in range(batch):
             table = _padded_rows(input[b])
+            offset_t = sampler.voxel_major(offset_v[b])
             for start in range(0, n_out, chunk):
                 stop = min(start + chunk, n_out)
-                rows, w, _, _ = sampler.sample(sampler.positions(offset_v[b], start, stop), input.dtype)
+                rows, w, _, _ = sampler.sample(sampler.positions(offset_t, start, stop), input.dtype)
                 cols = F.embedding_bag(rows, table, per_sample_weights=w, mode="sum")  # [n*K, C_in]
                 torch.mm(cols.view(stop - start, n_points * in_ch), w_rows.t(), out=out[b, start:stop])
         out = out.transpose(1, 2)
@@ -188,12 +197,13 @@ class _DeformConv3dFn(torch.autograd.Function):
 
         for b in range(batch):
             table = _padded_rows(input[b])
+            offset_t = sampler.voxel_major(offset_v[b])
             if need_x:
                 grad_table.zero_()
             for start in range(0, n_out, chunk):
                 stop = min(start + chunk, n_out)
                 n = stop - start
-                pos = sampler.positions(offset_v[b], start, stop)
+                pos = sampler.positions(offset_t, start, stop)
                 rows, w, axis_w, masks = sampler.sample(pos, input.dtype, need_masks=need_off)
                 g_rows = grad_out[b, :, start:stop].t()  # [n, C_out]
                 grad_cols = None
