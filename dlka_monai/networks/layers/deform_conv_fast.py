@@ -36,7 +36,7 @@ from dlka_monai.networks.layers.deform_conv import _check_args, _out_size, defor
 __all__ = ["deform_conv3d_fast", "dilated_depthwise_conv3d", "FastDilatedDepthwiseConv3d"]
 
 # number of elements (rows * channels) of one chunk of sampled columns
-_CHUNK_ELEMS_CPU = 1 << 20
+_CHUNK_ELEMS_CPU = 1 << 21
 _CHUNK_ELEMS_CUDA = 1 << 26
 
 
