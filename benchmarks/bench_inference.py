@@ -34,6 +34,7 @@ from monai.engines.utils import IterationEvents
 from scipy import ndimage
 
 from dlka_monai.data import generate_demo_dataset
+from dlka_monai.data.demo import _save_nifti as save_nifti
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 60.0
@@ -66,11 +67,7 @@ def write_phantom(path: Path, size: tuple[int, int, int], spacing: tuple[float, 
     image += np.random.default_rng(seed).normal(0.0, 15.0, size).astype(np.float32)  # scanner noise, air included
     affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
     affine[:3, 3] = -affine[:3, :3] @ ((n_dst - 1) / 2) + np.array([0.0, 0.0, -350.0])  # centre at the abdomen's height
-    img = nib.Nifti1Image(np.clip(np.rint(image), -1024, 3071).astype(np.int16), affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm")
-    nib.save(img, path)
+    save_nifti(np.clip(np.rint(image), -1024, 3071).astype(np.int16), affine, path)
 
 
 def _sync(device: torch.device) -> None:
