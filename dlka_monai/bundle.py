@@ -32,7 +32,7 @@ from monai.bundle import ConfigParser, ReferenceResolver
 from monai.config import PathLike
 
 import dlka_monai
-from dlka_monai.training import check_state_dict, safe_load
+from dlka_monai.weights import check_state_dict, safe_load
 
 __all__ = ["BundlePreset", "BUNDLE_PRESETS", "merged_configs", "pack_bundle", "main"]
 

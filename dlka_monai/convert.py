@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from dlka_monai.training.checkpoints import safe_load
+from dlka_monai.weights import safe_load
 
 __all__ = ["convert_state_dict", "convert_checkpoint", "main"]
 

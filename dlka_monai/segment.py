@@ -23,7 +23,7 @@ from ignite.handlers import ProgressBar
 from monai.bundle import ConfigWorkflow
 
 from dlka_monai.data import NIFTI_SUFFIXES, InvalidInputError, check_output_dir, inference_datalist
-from dlka_monai.training.checkpoints import safe_load
+from dlka_monai.weights import safe_load
 
 __all__ = ["main", "resolve_model"]
 

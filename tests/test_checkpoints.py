@@ -17,7 +17,8 @@ from monai.transforms import Compose, RandFlipd, RandGaussianNoised
 
 from conftest import TINY_TRAIN_ARGS as TINY
 from dlka_monai.data import InvalidInputError
-from dlka_monai.training import NonFiniteLossGuard, TrainingCheckpointer, atomic_save, latest_checkpoint
+from dlka_monai.training import NonFiniteLossGuard, TrainingCheckpointer, latest_checkpoint
+from dlka_monai.weights import atomic_save
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "configs" / "train.json")

@@ -1,22 +1,5 @@
-from .checkpoints import (
-    TrainingCheckpointer,
-    atomic_save,
-    check_checkpoint,
-    check_state_dict,
-    latest_checkpoint,
-    safe_load,
-)
+from .checkpoints import TrainingCheckpointer, latest_checkpoint
 from .handlers import LrLogger, NonFiniteLossGuard
 from .optim import build_optimizer
 
-__all__ = [
-    "build_optimizer",
-    "atomic_save",
-    "safe_load",
-    "latest_checkpoint",
-    "check_checkpoint",
-    "check_state_dict",
-    "TrainingCheckpointer",
-    "LrLogger",
-    "NonFiniteLossGuard",
-]
+__all__ = ["build_optimizer", "latest_checkpoint", "TrainingCheckpointer", "LrLogger", "NonFiniteLossGuard"]
