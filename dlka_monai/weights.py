@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,23 @@ import torch
 
 from dlka_monai.data.validation import InvalidInputError
 from dlka_monai.networks import create_network, list_networks
+from dlka_monai.plan import build_network, check_plan, preset_plan
 
-__all__ = ["atomic_save", "safe_load", "check_checkpoint", "check_state_dict"]
+__all__ = [
+    "atomic_save",
+    "safe_load",
+    "unwrap_checkpoint",
+    "find_preset",
+    "read_model",
+    "model_plan",
+    "load_model",
+    "save_model",
+    "check_checkpoint",
+    "check_state_dict",
+]
+
+# output heads of the 3D and 2D nets, read to say what an unknown state dict holds
+_HEAD_KEYS = ("out1.conv.conv.weight", "out.conv.conv.weight")
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -82,29 +98,111 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = F
         raise InvalidInputError(f"{path}: cannot be read as a PyTorch checkpoint: {_first_line(str(e), type(e).__name__)}") from e
 
 
-def _shapes(state: dict) -> dict[str, tuple[int, ...]]:
+def _shapes(state: Mapping) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def _preset_of(shapes: dict[str, tuple[int, ...]]) -> str | None:
-    """The registered network (with its default arguments) whose state dict has exactly these shapes."""
+def _network_shapes(network: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return _shapes(getattr(network, "module", network).state_dict())
+
+
+def find_preset(state: Mapping) -> str | None:
+    """The registered preset whose network, with its default arguments, has exactly the names and shapes of
+    the state dict ``state``; None if there is none."""
+    found = _shapes(state)
     for name in list_networks():
         with torch.device("meta"):  # shapes only: nothing is allocated
-            if _shapes(create_network(name).state_dict()) == shapes:
+            if _network_shapes(create_network(name)) == found:
                 return name
     return None
 
 
-def check_checkpoint(
-    path: str | os.PathLike, network: torch.nn.Module, preset: str | None = None, key: str = "model"
-) -> str:
-    """Check that the weights in ``path`` fit ``network``, name for name and shape for shape.
+def _holds(state: Mapping) -> str:
+    """What a state dict that fits no preset holds, in a few words."""
+    tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
+    heads = [state[k].shape[0] for k in _HEAD_KEYS if isinstance(state.get(k), torch.Tensor)]
+    head = f", an output head of {heads[0]} classes" if heads else ""
+    return f"{len(tensors)} tensors ({sum(t.numel() for t in tensors):,} values{head})"
+
+
+def unwrap_checkpoint(ckpt: Any, path: str | os.PathLike = "checkpoint") -> tuple[dict, dict | None]:
+    """The state dict and the plan (None if absent) of a loaded model file: a model or training checkpoint
+    (``{"model": state_dict, "plan": plan, ...}``) or a bare state dict."""
+    if isinstance(ckpt, Mapping) and isinstance(ckpt.get("model"), Mapping):
+        return dict(ckpt["model"]), ckpt.get("plan")
+    if isinstance(ckpt, Mapping) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return dict(ckpt), None
+    what = f"a dict with keys {sorted(map(str, ckpt))[:10]}" if isinstance(ckpt, Mapping) else f"a {type(ckpt).__name__}"
+    raise InvalidInputError(f"{path}: holds {what}, not a model (a state dict, or a dict with 'model' and 'plan').")
+
+
+def read_model(path: str | os.PathLike, preset: str | None = None, mmap: bool = False) -> tuple[dict, dict]:
+    """The state dict and plan of the model file ``path``, checked to fit each other.
+
+    A file without a plan (e.g. a converted checkpoint of the authors) gets the plan of ``preset``, or else
+    of the preset its names and shapes fit (:func:`find_preset`).
 
     Args:
-        path: a checkpoint: a state dict, or a dict holding one under ``key``.
-        network: the configured network.
-        preset: its registry name, for the message.
-        key: where a training checkpoint keeps the network's state dict.
+        path: a model file (``models/model.pt``), a training checkpoint or a bare state dict.
+        preset: the preset of a bare state dict; ignored when the file has a plan.
+        mmap: map the tensors instead of reading them (to look at names and shapes only).
+
+    Raises:
+        InvalidInputError: in one line: the file is missing or not weights-only, its plan is broken, its
+            weights do not fit its plan, or a bare state dict fits no preset (saying what it holds).
+    """
+    state, plan = unwrap_checkpoint(safe_load(path, mmap=mmap), path)
+    if plan is None:
+        name = preset or find_preset(state)
+        if name is None:
+            raise InvalidInputError(
+                f"{path}: a state dict of {_holds(state)} without a plan that fits no preset "
+                f"({', '.join(list_networks())}, with their default arguments); save it with its plan "
+                "(dlka_monai.weights.save_model) or pass the network it is of."
+            )
+        plan = preset_plan(name)
+    plan = check_plan(plan, str(path))
+    with torch.device("meta"):
+        check_state_dict(state, build_network(plan), plan["preset"], path)
+    return state, plan
+
+
+def model_plan(path: str | os.PathLike, preset: str | None = None) -> dict:
+    """The plan of the model file ``path`` (its shapes are checked against it, its weights not read); the
+    plan of ``preset`` when there is no such file and a ``preset`` is given (a bundle before training).
+
+    Raises:
+        InvalidInputError: as :func:`read_model`; no file at ``path`` and no ``preset``.
+    """
+    if not Path(path).is_file():
+        if preset is not None:
+            return preset_plan(preset)
+        raise InvalidInputError(f"{path}: no trained model there: train one first, or give its path (ckpt_path / --model).")
+    return read_model(path, preset, mmap=True)[1]
+
+
+def load_model(path: str | os.PathLike, preset: str | None = None, **overrides: Any) -> tuple[torch.nn.Module, dict]:
+    """The network of the model file ``path`` with its weights, in eval mode, and its plan; keyword
+    ``overrides`` replace network arguments of the plan."""
+    state, plan = read_model(path, preset)
+    network = build_network(plan, **overrides)
+    check_state_dict(state, network, plan["preset"], path)
+    network.load_state_dict(state)
+    return network.eval(), plan
+
+
+def save_model(path: str | os.PathLike, network: torch.nn.Module, plan: Mapping) -> None:
+    """Write ``network``'s weights with ``plan`` (checked to fit) atomically to ``path``, as
+    ``{"model": state_dict, "plan": plan}``: what MONAI's ``CheckpointLoader`` (key ``model``) and MONAI
+    Label load, and :func:`read_model` reads back with the plan."""
+    plan = check_plan(plan)
+    state = getattr(network, "module", network).state_dict()
+    atomic_save({"model": state, "plan": dict(plan)}, path)
+
+
+def check_checkpoint(path: str | os.PathLike, network: torch.nn.Module, preset: str | None = None) -> str:
+    """Check that the weights in the model file ``path`` fit ``network``, name for name and shape for shape
+    (tensors are mapped, not read: whoever loads them reads them).
 
     Returns:
         ``path`` as a string, so the call can stand for the path in a config.
@@ -114,9 +212,8 @@ def check_checkpoint(
             weights; the message names the preset the checkpoint is of (when it is a registered one with
             default arguments) and the configured one.
     """
-    # shapes only: the weights are read by whoever loads them
-    state = safe_load(path, mmap=True)
-    check_state_dict(state.get(key, state) if isinstance(state, dict) else state, network, preset, path)
+    state, _ = unwrap_checkpoint(safe_load(path, mmap=True), path)
+    check_state_dict(state, network, preset, path)
     return str(path)
 
 
@@ -128,13 +225,13 @@ def check_state_dict(
     Raises:
         InvalidInputError: as :func:`check_checkpoint`.
     """
-    expected = _shapes(getattr(network, "module", network).state_dict())
-    found = _shapes(state) if isinstance(state, dict) else {}
+    expected = _network_shapes(network)
+    found = _shapes(state) if isinstance(state, Mapping) else {}
     if found == expected:
         return
     differ = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
     example = differ[0]
-    of = _preset_of(found)
+    of = find_preset(state) if isinstance(state, Mapping) else None
     configured = preset or type(network).__name__
     raise InvalidInputError(
         f"{path}: holds the weights of {of or 'another network'}, not of the configured {configured} "

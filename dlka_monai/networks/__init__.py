@@ -19,8 +19,8 @@ from .layers import (
     dilated_depthwise_conv3d,
 )
 from .nets import DLKANet2D, DLKANet3D
-from .presets import dlka2d_synapse, dlka3d_pancreas, dlka3d_synapse
-from .registry import create_network, list_networks, register_network
+from .presets import BTCV_CLASS_NAMES, SYNAPSE_8_CLASS_NAMES, dlka2d_synapse, dlka3d_pancreas, dlka3d_synapse
+from .registry import Preset, create_network, get_preset, list_networks, network_arguments, register_preset
 
 __all__ = [
     "DeformConv3d",
@@ -43,7 +43,12 @@ __all__ = [
     "DLKANet3D",
     "create_network",
     "list_networks",
-    "register_network",
+    "register_preset",
+    "get_preset",
+    "network_arguments",
+    "Preset",
+    "BTCV_CLASS_NAMES",
+    "SYNAPSE_8_CLASS_NAMES",
     "dlka3d_synapse",
     "dlka3d_pancreas",
     "dlka2d_synapse",

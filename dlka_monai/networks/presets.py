@@ -1,33 +1,86 @@
 # Copyright (c) dlka_monai contributors. Licensed under the Apache License, Version 2.0.
-"""The paper's models as registry presets."""
+"""The paper's models as registry presets, each with the facts needed to use it on images (written once:
+the configs, the command line, the packer and the plans of trained models read them from here)."""
 
 from __future__ import annotations
 
 from dlka_monai.networks.nets.dlka_net_2d import DLKANet2D
 from dlka_monai.networks.nets.dlka_net_3d import DLKANet3D
-from dlka_monai.networks.registry import register_network
+from dlka_monai.networks.registry import Preset, register_preset
 
-__all__ = ["dlka3d_synapse", "dlka3d_pancreas", "dlka2d_synapse"]
+__all__ = ["BTCV_CLASS_NAMES", "SYNAPSE_8_CLASS_NAMES", "dlka3d_synapse", "dlka3d_pancreas", "dlka2d_synapse"]
 
+BTCV_CLASS_NAMES: dict[int, str] = {
+    0: "background",
+    1: "spleen",
+    2: "right kidney",
+    3: "left kidney",
+    4: "gallbladder",
+    5: "esophagus",
+    6: "liver",
+    7: "stomach",
+    8: "aorta",
+    9: "inferior vena cava",
+    10: "portal and splenic vein",
+    11: "pancreas",
+    12: "right adrenal gland",
+    13: "left adrenal gland",
+}
+"""Label values and names of the Synapse / BTCV multi-organ dataset."""
 
-@register_network
-def dlka3d_synapse(**overrides) -> DLKANet3D:
-    """Synapse multi-organ CT: 14 classes, (z, y, x) patches of 64×128×128, deep supervision
-    (42,353,327 parameters)."""
-    kwargs = dict(in_channels=1, out_channels=14, img_size=(64, 128, 128), patch_size=(2, 4, 4), deep_supervision=True)
-    return DLKANet3D(**{**kwargs, **overrides})
+SYNAPSE_8_CLASS_NAMES: dict[int, str] = dict(
+    enumerate(BTCV_CLASS_NAMES[v] for v in (0, 1, 2, 3, 4, 6, 7, 8, 11))
+)
+"""The 8 organs of the standard Synapse benchmark plus background, numbered 0-8 (the 2D model's classes)."""
 
+# CT in HU: the window is mapped to [0, 1] and clipped
+_SYNAPSE_WINDOW = {"scheme": "window", "a_min": -175.0, "a_max": 250.0}
 
-@register_network
-def dlka3d_pancreas(**overrides) -> DLKANet3D:
-    """NIH Pancreas CT: 2 classes, 96³ patches, no deep supervision (62,067,079 parameters)."""
-    kwargs = dict(in_channels=1, out_channels=2, img_size=(96, 96, 96), patch_size=(2, 2, 2), deep_supervision=False)
-    return DLKANet3D(**{**kwargs, **overrides})
+dlka3d_synapse = register_preset(
+    Preset(
+        name="dlka3d_synapse",
+        network=DLKANet3D,
+        args=dict(in_channels=1, out_channels=14, img_size=(64, 128, 128), patch_size=(2, 4, 4), deep_supervision=True),
+        spatial_dims=3,
+        modality="CT",
+        axcodes="SAR",
+        pixdim=(3.0, 0.76, 0.76),
+        normalization=_SYNAPSE_WINDOW,
+        class_names=BTCV_CLASS_NAMES,
+        description="Synapse multi-organ CT: 13 organs plus background, (z, y, x) patches of 64×128×128, "
+        "deep supervision (42,353,327 parameters)",
+    )
+)
 
+dlka3d_pancreas = register_preset(
+    Preset(
+        name="dlka3d_pancreas",
+        network=DLKANet3D,
+        args=dict(in_channels=1, out_channels=2, img_size=(96, 96, 96), patch_size=(2, 2, 2), deep_supervision=False),
+        spatial_dims=3,
+        modality="CT",
+        axcodes="SAR",
+        pixdim=(1.0, 1.0, 1.0),
+        normalization={"scheme": "window", "a_min": -100.0, "a_max": 240.0},
+        class_names={0: "background", 1: "pancreas"},
+        description="NIH Pancreas CT: pancreas plus background, 96³ patches (62,067,079 parameters)",
+    )
+)
 
-@register_network
-def dlka2d_synapse(**overrides) -> DLKANet2D:
-    """Synapse multi-organ CT, 2D slices: 9 classes, 224×224 inputs, MaxViT-S encoder
-    (78,583,005 parameters). Pass ``pretrained_encoder=PATH`` to start from local ImageNet weights."""
-    kwargs = dict(in_channels=1, out_channels=9, img_size=224, encoder="maxvit_rmlp_small_rw_224")
-    return DLKANet2D(**{**kwargs, **overrides})
+dlka2d_synapse = register_preset(
+    Preset(
+        name="dlka2d_synapse",
+        network=DLKANet2D,
+        args=dict(in_channels=1, out_channels=9, img_size=224, encoder="maxvit_rmlp_small_rw_224"),
+        spatial_dims=2,
+        modality="CT",
+        axcodes="SAR",
+        # axial slices: the slice spacing is kept, the plane resampled
+        pixdim=(-1.0, 0.76, 0.76),
+        normalization=_SYNAPSE_WINDOW,
+        class_names=SYNAPSE_8_CLASS_NAMES,
+        description="Synapse multi-organ CT, 2D slices: 8 organs plus background, 224×224 inputs, MaxViT-S "
+        "encoder (78,583,005 parameters); pass pretrained_encoder=PATH to start from local ImageNet weights",
+        init_only=("pretrained_encoder",),
+    )
+)

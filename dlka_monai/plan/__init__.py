@@ -1,0 +1,29 @@
+# Copyright (c) dlka_monai contributors. Licensed under the Apache License, Version 2.0.
+"""Plans: what a model needs to be used again (network, spacing, orientation, normalisation, classes), as
+plain data stored in every model file and in ``plan.json``."""
+
+from .format import (
+    PLAN_FORMAT,
+    PLAN_FORMAT_VERSION,
+    build_network,
+    check_plan,
+    class_names,
+    make_plan,
+    network_plan,
+    preset_plan,
+    read_plan_file,
+    write_plan_file,
+)
+
+__all__ = [
+    "PLAN_FORMAT",
+    "PLAN_FORMAT_VERSION",
+    "build_network",
+    "check_plan",
+    "class_names",
+    "make_plan",
+    "network_plan",
+    "preset_plan",
+    "read_plan_file",
+    "write_plan_file",
+]
