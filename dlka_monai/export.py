@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
+from dlka_monai.weights import check_state_dict, read_model
+
 __all__ = ["export_onnx", "main"]
 
 
@@ -24,8 +26,12 @@ def _network(config_files: list[str], bundle_root: str, ckpt_file: str) -> torch
     parser = ConfigParser()
     parser.read_config(config_files)
     parser["bundle_root"] = bundle_root
+    # the network of the model's plan, with the configs' overrides
+    parser["ckpt_path"] = ckpt_file
     net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(ckpt_file, map_location="cpu", weights_only=True))
+    state, plan = read_model(ckpt_file)
+    check_state_dict(state, net, plan["preset"], ckpt_file)
+    net.load_state_dict(state)
     return net.eval()
 
 

@@ -3,15 +3,16 @@
 
     dlka-segment -i scan.nii.gz -o scan_seg.nii.gz
     dlka-segment -i scans/ -o segmentations/ --model pancreas --tta
-    dlka-segment -i dicom_series_folder/ -o out/ --model /path/to/bundle_or_checkpoint.pt
+    dlka-segment -i dicom_series_folder/ -o out/ --model /path/to/bundle_or_model.pt
 
-The label maps (uint8 NIfTI) are in the input's space: same shape, affine and orientation.
+The model's plan (stored with its weights) gives the network, the preprocessing and the class names, so
+any model the bundle trained, or the packer packed, segments as it is. The label maps (uint8 NIfTI) are in
+the input's space: same shape, affine and orientation.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -22,62 +23,43 @@ from ignite.engine import Events
 from ignite.handlers import ProgressBar
 from monai.bundle import ConfigWorkflow
 
-from dlka_monai.data import NIFTI_SUFFIXES, InvalidInputError, check_output_dir, inference_datalist
-from dlka_monai.weights import safe_load
+from dlka_monai.bundle_files import bundle_root
+from dlka_monai.data import NIFTI_SUFFIXES, InvalidInputError, SITKReader, check_output_dir, inference_datalist
+from dlka_monai.plan import class_names
+from dlka_monai.weights import model_plan
 
-__all__ = ["main", "resolve_model"]
+__all__ = ["MODEL_NAMES", "main", "resolve_model", "segment"]
 
-PRESET_OVERLAYS = {"synapse": [], "pancreas": ["inference_pancreas.json"]}
+MODEL_NAMES = {"synapse": "models/model.pt", "pancreas": "models/pancreas/model.pt", "2d": "models/2d/model.pt"}
+"""``--model`` names: where the repository bundle's training configs write each model."""
 
 
 class SegmentError(Exception):
     """A failure reported to the user as one line."""
 
 
-def _repo_bundle_root() -> Path:
-    return Path(__file__).resolve().parents[1]
+def resolve_model(model: str) -> tuple[Path, Path]:
+    """``--model`` -> (bundle root, model file).
 
-
-def _checkpoint_overlay(ckpt: Path) -> list[str]:
-    """The overlays of the preset whose network the state dict ``ckpt`` fits."""
-    state = safe_load(ckpt, mmap=True)  # only the head's shape is read here
-    state = state.get("model", state) if isinstance(state, dict) else state
-    head = state.get("out1.conv.conv.weight") if isinstance(state, dict) else None
-    classes = None if head is None else head.shape[0]
-    for name, n in (("synapse", 14), ("pancreas", 2)):
-        if classes == n:
-            return PRESET_OVERLAYS[name]
-    raise SegmentError(
-        f"{ckpt}: does not fit dlka3d_synapse (14 classes) or dlka3d_pancreas (2 classes); it has "
-        f"{'no out1 head' if classes is None else f'{classes} classes'}."
-    )
-
-
-def resolve_model(model: str) -> tuple[Path, list[str], Path]:
-    """``--model`` -> (bundle root, config files, checkpoint).
-
-    ``synapse`` / ``pancreas``: this repository's bundle and its trained ``models/model.pt``
-    (``models/pancreas/model.pt``); a folder: a bundle (``configs/inference.json``,
-    ``models/model.pt``); a file: a checkpoint for this repository's configs.
+    A name of :data:`MODEL_NAMES`: that model of the repository bundle; a folder: a bundle
+    (``configs/inference.json``, ``models/model.pt``); a file: a model for the repository bundle's configs.
     """
-    if model in PRESET_OVERLAYS:
-        root, overlays = _repo_bundle_root(), PRESET_OVERLAYS[model]
-        ckpt = root / "models" / ("model.pt" if model == "synapse" else "pancreas/model.pt")
+    if model in MODEL_NAMES:
+        root = bundle_root()
+        ckpt = root / MODEL_NAMES[model]
     elif Path(model).is_dir():
-        root, overlays = Path(model).resolve(), []
+        root = Path(model).resolve()
         ckpt = root / "models" / "model.pt"
     elif Path(model).is_file():
-        root, ckpt = _repo_bundle_root(), Path(model).resolve()
-        overlays = _checkpoint_overlay(ckpt)
+        root, ckpt = bundle_root(), Path(model).resolve()
     else:
-        raise SegmentError(f"--model {model}: not 'synapse', 'pancreas', a bundle folder or a checkpoint file.")
-    configs = [root / "configs" / name for name in ["inference.json", *overlays]]
-    missing = [str(c) for c in configs if not c.is_file()]
-    if missing:
-        raise SegmentError(f"bundle config not found: {', '.join(missing)}.")
+        raise SegmentError(f"--model {model}: not one of {', '.join(MODEL_NAMES)}, a bundle folder or a model file.")
+    config = root / "configs" / "inference.json"
+    if not config.is_file():
+        raise SegmentError(f"bundle config not found: {config}.")
     if not ckpt.is_file():
-        raise SegmentError(f"no trained weights at {ckpt}: train the bundle first or pass --model CHECKPOINT.")
-    return root, [str(c) for c in configs], ckpt
+        raise SegmentError(f"no trained model at {ckpt}: train the bundle first or pass --model MODEL_FILE.")
+    return root, ckpt
 
 
 def _output_target(output: Path, n_cases: int) -> tuple[Path, Path | None]:
@@ -89,27 +71,12 @@ def _output_target(output: Path, n_cases: int) -> tuple[Path, Path | None]:
     return output, None
 
 
-def _label_names(root: Path) -> dict[int, str]:
-    meta = json.loads((root / "configs" / "metadata.json").read_text(encoding="utf-8"))
-    channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
-    return {int(k): v for k, v in channels.items()}
-
-
-def _report(names: dict[int, str], saved: list[str]):
-    """ignite handler: one summary line per case (volume of every label in mL)."""
-
-    def handler(engine) -> None:
-        for item in engine.state.output:
-            pred = item["pred"]
-            voxel_ml = abs(float(torch.linalg.det(pred.affine[:3, :3].double()))) / 1000.0
-            labels, counts = torch.unique(pred.as_tensor().round().long(), return_counts=True)
-            volumes = ", ".join(
-                f"{names.get(int(v), int(v))} {c * voxel_ml:.1f} mL" for v, c in zip(labels.tolist(), counts.tolist()) if v
-            )
-            saved.append(pred.meta["saved_to"])
-            print(f"{Path(pred.meta['filename_or_obj']).name} -> {pred.meta['saved_to']}: {volumes or 'nothing found'}", flush=True)
-
-    return handler
+def _volumes(pred, names: dict[int, str]) -> str:
+    """The volume of every label of a saved label map, in mL."""
+    voxel_ml = abs(float(torch.linalg.det(pred.affine[:3, :3].double()))) / 1000.0
+    labels, counts = torch.unique(pred.as_tensor().round().long(), return_counts=True)
+    volumes = [f"{names.get(int(v), int(v))} {c * voxel_ml:.1f} mL" for v, c in zip(labels.tolist(), counts.tolist()) if v]
+    return ", ".join(volumes) or "nothing found"
 
 
 def _input_error(error: BaseException) -> InvalidInputError | None:
@@ -122,9 +89,14 @@ def _input_error(error: BaseException) -> InvalidInputError | None:
 def segment(
     input: str, output: str, model: str = "synapse", device: str = "auto", tta: bool = False, series: str | None = None
 ) -> list[Path]:
-    """Segment ``input`` into ``output``; returns the written files. Raises :class:`SegmentError` or
-    :class:`InvalidInputError` with a one-line message."""
-    root, configs, ckpt = resolve_model(model)
+    """Segment ``input`` into ``output``; prints one line per case (the file written and the volume of each
+    class, named as the model's plan names them); returns the written files.
+
+    Raises:
+        SegmentError, InvalidInputError: with a one-line message.
+    """
+    root, ckpt = resolve_model(model)
+    names = class_names(model_plan(ckpt))
     try:
         cases = inference_datalist(input=input, series_uid=series)
     except FileNotFoundError as e:
@@ -137,24 +109,32 @@ def segment(
         raise SegmentError("--device cuda: no CUDA device available.")
 
     with tempfile.TemporaryDirectory(dir=folder, prefix=".dlka-segment-") as staging:
+        # every value is passed as a Python object or an absolute path, never as a config string that the
+        # parser would evaluate ($), resolve (@) or expand (%): command-line values are data
         workflow = ConfigWorkflow(
-            config_file=configs,
+            config_file=str(root / "configs" / "inference.json"),
             meta_file=str(root / "configs" / "metadata.json"),
             workflow_type="infer",
             bundle_root=str(root),
             ckpt_path=str(ckpt),
             data=cases,  # checked above: not again by the config
             output_dir=staging,
-            device=f"$torch.device('{device}')",
+            device=torch.device(device),
             tta=tta,
-            series_uid=series,
+            image_reader=[SITKReader(series_uid=series), "NibabelReader"],
         )
-        staged: list[str] = []
+        staged: list[tuple[Path, str]] = []
+
+        def report(engine) -> None:
+            for item in engine.state.output:
+                pred = item["pred"]
+                staged.append((Path(pred.meta["saved_to"]), _volumes(pred, names)))
+
         try:
             workflow.initialize()
             evaluator = workflow.parser.get_parsed_content("evaluator")
             ProgressBar(desc="cases", persist=True).attach(evaluator)
-            evaluator.add_event_handler(Events.ITERATION_COMPLETED, _report(_label_names(root), staged))
+            evaluator.add_event_handler(Events.ITERATION_COMPLETED, report)
             workflow.run()
             workflow.finalize()
         except Exception as e:
@@ -162,10 +142,11 @@ def segment(
 
         # results are moved out of the staging folder only when every case succeeded
         written = []
-        for path in map(Path, staged):
+        for (path, volumes), case in zip(staged, cases):
             target = exact if exact is not None else folder / path.name
             shutil.move(str(path), target)
             written.append(target)
+            print(f"{Path(case['image']).name} -> {target}: {volumes}", flush=True)
     return written
 
 
@@ -173,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dlka-segment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", "--input", required=True, help="NIfTI file, folder of NIfTI files, DICOM series folder, or glob")
     parser.add_argument("-o", "--output", required=True, help="output .nii.gz file (one input) or folder")
-    parser.add_argument("--model", default="synapse", help="synapse | pancreas | bundle folder | checkpoint file (default: synapse)")
+    parser.add_argument(
+        "--model", default="synapse", help=f"{' | '.join(MODEL_NAMES)} | bundle folder | model file (default: synapse)"
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations (8x slower)")
     parser.add_argument("--series", help="SeriesInstanceUID to read from a DICOM folder holding several series")

@@ -139,12 +139,12 @@ def unwrap_checkpoint(ckpt: Any, path: str | os.PathLike = "checkpoint") -> tupl
 def read_model(path: str | os.PathLike, preset: str | None = None, mmap: bool = False) -> tuple[dict, dict]:
     """The state dict and plan of the model file ``path``, checked to fit each other.
 
-    A file without a plan (e.g. a converted checkpoint of the authors) gets the plan of ``preset``, or else
-    of the preset its names and shapes fit (:func:`find_preset`).
+    A file without a plan (e.g. a converted checkpoint of the authors) gets the plan of the preset its names
+    and shapes fit (:func:`find_preset`), or else of ``preset``, which then has to fit.
 
     Args:
         path: a model file (``models/model.pt``), a training checkpoint or a bare state dict.
-        preset: the preset of a bare state dict; ignored when the file has a plan.
+        preset: the preset of a bare state dict that fits none; ignored when the file has a plan.
         mmap: map the tensors instead of reading them (to look at names and shapes only).
 
     Raises:
@@ -153,7 +153,7 @@ def read_model(path: str | os.PathLike, preset: str | None = None, mmap: bool = 
     """
     state, plan = unwrap_checkpoint(safe_load(path, mmap=mmap), path)
     if plan is None:
-        name = preset or find_preset(state)
+        name = find_preset(state) or preset
         if name is None:
             raise InvalidInputError(
                 f"{path}: a state dict of {_holds(state)} without a plan that fits no preset "

@@ -29,6 +29,22 @@ TINY_BUNDLE_IMG_SIZE, TINY_BUNDLE_PIXDIM = [32, 64, 64], [3.0, 2.5, 2.5]
 TINY_TRAIN_ARGS = ["--network_def#feature_size", "4", "--network_def#depths", "[1,1,1,1]", "--validate#inferer#overlap", "0.25"]
 
 
+def save_tiny_model(path, preset="dlka3d_synapse", **network):
+    """A model file of a tiny net of ``preset`` with its plan (the demo's patch and spacing for the 3D
+    presets); returns the network."""
+    from dlka_monai.plan import make_plan, network_plan
+    from dlka_monai.networks import create_network
+    from dlka_monai.weights import save_model
+
+    torch.manual_seed(0)
+    args = {**TINY_BUNDLE_NET, "img_size": TINY_BUNDLE_IMG_SIZE} if preset.startswith("dlka3d") else {}
+    net = create_network(preset, **{**args, **network})
+    plan = network_plan(net, make_plan(preset), pixdim=TINY_BUNDLE_PIXDIM) if preset.startswith("dlka3d") else network_plan(net)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_model(path, net, plan)
+    return net
+
+
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory):
     """The synthetic demo dataset, generated once per test session."""
@@ -41,17 +57,8 @@ def demo_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
-    """A bundle folder: this repo's configs with a tiny net, and random weights for it."""
-    from dlka_monai.networks import create_network
-
+    """A bundle folder: this repo's configs as they are, and a tiny model (random weights, with its plan)."""
     root = tmp_path_factory.mktemp("bundle")
     shutil.copytree(ROOT / "configs", root / "configs")
-    config = json.loads((root / "configs" / "inference.json").read_text())
-    config["network_def"].update(TINY_BUNDLE_NET)
-    config.update(img_size=TINY_BUNDLE_IMG_SIZE, pixdim=TINY_BUNDLE_PIXDIM)
-    (root / "configs" / "inference.json").write_text(json.dumps(config))
-    (root / "models").mkdir()
-    torch.manual_seed(0)
-    net = create_network("dlka3d_synapse", img_size=TINY_BUNDLE_IMG_SIZE, **TINY_BUNDLE_NET)
-    torch.save(net.state_dict(), root / "models" / "model.pt")
+    save_tiny_model(root / "models" / "model.pt")
     return root

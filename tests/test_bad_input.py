@@ -131,16 +131,27 @@ def test_cli_refuses_an_output_path_that_is_not_writable(tiny_bundle, demo_datas
     assert len(err.splitlines()) == 1 and f"{out}: output folder is not writable" in err
 
 
-def test_cli_refuses_a_checkpoint_of_another_preset_naming_both(tiny_bundle, demo_dataset, tmp_path, capsys):
+def test_cli_refuses_weights_that_do_not_fit_their_plan_naming_both(tiny_bundle, demo_dataset, tmp_path, capsys):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    torch.save(create_network("dlka3d_pancreas").state_dict(), bundle / "models" / "model.pt")
+    plan = torch.load(bundle / "models" / "model.pt", weights_only=True)["plan"]
+    torch.save({"model": create_network("dlka3d_pancreas").state_dict(), "plan": plan}, bundle / "models" / "model.pt")
     image = demo_dataset / "imagesTr" / "demo_006.nii.gz"
     assert main(["-i", str(image), "-o", str(tmp_path / "out"), "--model", str(bundle)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "holds the weights of dlka3d_pancreas, not of the configured dlka3d_synapse" in err and "model.pt" in err
-    assert not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_cli_refuses_a_state_dict_without_plan_that_fits_no_preset_saying_what_it_holds(tiny_bundle, demo_dataset, tmp_path, capsys):
+    bare = tmp_path / "bare.pt"
+    torch.save(torch.load(tiny_bundle / "models" / "model.pt", weights_only=True)["model"], bare)
+    image = demo_dataset / "imagesTr" / "demo_006.nii.gz"
+    assert main(["-i", str(image), "-o", str(tmp_path / "out"), "--model", str(bare)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bare.pt: a state dict of" in err
+    assert "an output head of 14 classes" in err and "fits no preset" in err
 
 
 def test_a_checkpoint_with_a_pickled_callable_is_refused(tiny_bundle, demo_dataset, tmp_path, capsys):

@@ -1,5 +1,6 @@
-"""The 2D overlays of the bundle: configs/train_2d.json and configs/inference_2d.json, on the demo data
-and on TransUNet-style .npz slices."""
+"""The 2D net in the bundle: the training overlay configs/train_2d.json, and configs/inference.json run on
+the 2D model it writes (its plan selects the slice-wise inferer), on the demo data and on TransUNet-style
+.npz slices."""
 
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from dlka_monai.inference import SliceResizeInferer
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 TRAIN_2D = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'train_2d.json'}']"
-INFER_2D = f"['{CONFIGS / 'inference.json'}','{CONFIGS / 'inference_2d.json'}']"
+INFER = str(CONFIGS / "inference.json")
 LOGGING = str(CONFIGS / "logging.conf")
 # a tiny 2D D-LKA net: MaxViT-pico at 64×64
 TINY_2D = ["--network_def#encoder", "maxvit_rmlp_pico_rw_256", "--img_size", "64"]
@@ -128,11 +129,13 @@ def test_train_and_infer_2d_on_demo_data(tmp_path, demo_dataset):
     assert "Epoch[1] Complete" in out and "val_mean_dice" in out
     model = tmp_path / "models" / "2d" / "model.pt"
     weights = torch.load(model, weights_only=True)
-    assert weights["out.conv.conv.weight"].shape[0] == 9
+    assert weights["model"]["out.conv.conv.weight"].shape[0] == 9
+    assert weights["plan"]["network"]["encoder"] == "maxvit_rmlp_pico_rw_256" and weights["plan"]["network"]["img_size"] == 64
 
     image = sorted((Path(demo_dataset) / "imagesTr").glob("*.nii.gz"))[0]
-    args = ["--config_file", INFER_2D, "--bundle_root", str(tmp_path), "--input", str(image), "--ckpt_path", str(model)]
-    args += ["--output_dir", str(tmp_path / "eval"), "--pixdim", "[-1,2.5,2.5]", *TINY_2D]
+    # nothing but the model: its plan gives the tiny 2D net, the demo's spacing and the slice-wise inferer
+    args = ["--config_file", INFER, "--bundle_root", str(tmp_path), "--input", str(image), "--ckpt_path", str(model)]
+    args += ["--output_dir", str(tmp_path / "eval")]
     _run_bundle(args, cwd=tmp_path)
     (seg_path,) = (tmp_path / "eval").glob("*.nii.gz")
     src, seg = nib.load(image), nib.load(seg_path)

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 import torch
-from conftest import TINY_BUNDLE_IMG_SIZE, TINY_BUNDLE_NET, TINY_BUNDLE_PIXDIM
+from conftest import TINY_BUNDLE_IMG_SIZE, save_tiny_model
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Spacingd
@@ -16,14 +16,7 @@ from test_segment import _assert_same_space
 
 from dlka_monai.bundle import main, pack_bundle
 from dlka_monai.inference import SafeSpacingd
-from dlka_monai.networks import create_network
 
-TINY_SET = {
-    "network_def#feature_size": TINY_BUNDLE_NET["feature_size"],
-    "network_def#depths": TINY_BUNDLE_NET["depths"],
-    "img_size": TINY_BUNDLE_IMG_SIZE,
-    "pixdim": TINY_BUNDLE_PIXDIM,
-}
 # what MONAI Label 0.8.5's BundleTrainTask overrides or reads in train.json
 MONAILABEL_TRAIN_IDS = (
     "bundle_root", "device", "network", "network_def", "train#trainer#max_epochs", "train#dataset#data",
@@ -31,31 +24,31 @@ MONAILABEL_TRAIN_IDS = (
 )
 
 
-def _set_args(overrides):
-    return [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
-
-
 def _tiny_training_checkpoint(path):
-    """A training checkpoint of the tiny net: the packer keeps its ``model`` weights."""
-    torch.manual_seed(0)
-    net = create_network("dlka3d_synapse", img_size=TINY_BUNDLE_IMG_SIZE, **TINY_BUNDLE_NET)
-    torch.save({"model": net.state_dict(), "epoch": torch.tensor(3)}, path)
-    return net.state_dict()
+    """A training checkpoint of the tiny net, with its plan: the packer keeps its ``model`` and ``plan``."""
+    save_tiny_model(path)
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, "epoch": torch.tensor(3)}, path)
+    return ckpt
 
 
 def test_pack_writes_a_folder_and_a_zip_that_segment_outside_the_repo(demo_dataset, tmp_path):
-    weights = _tiny_training_checkpoint(tmp_path / "checkpoint_epoch=3.pt")
+    ckpt = _tiny_training_checkpoint(tmp_path / "checkpoint_epoch=3.pt")
+    weights = ckpt["model"]
     out = tmp_path / "dist" / "dlka3d_synapse"
-    cmd = [sys.executable, "-m", "dlka_monai.bundle", "pack", "--preset", "dlka3d_synapse", "--out", str(out)]
-    cmd += ["--checkpoint", str(tmp_path / "checkpoint_epoch=3.pt"), "--zip", *_set_args(TINY_SET)]
+    # the preset and the network come from the model's plan
+    cmd = [sys.executable, "-m", "dlka_monai.bundle", "pack", "--out", str(out)]
+    cmd += ["--checkpoint", str(tmp_path / "checkpoint_epoch=3.pt"), "--zip"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    configs = {"train", "inference", "metadata", "multi_gpu_train", "evaluate"}
-    assert files == {f"configs/{c}.json" for c in configs} | {"configs/logging.conf", "models/model.pt", "docs/README.md", "LICENSE"}
+    configs = {"train", "inference", "metadata", "multi_gpu_train", "evaluate", "plan"}
+    others = {"configs/logging.conf", "models/model.pt", "docs/README.md", "LICENSE", ".dlka_monai_bundle"}
+    assert files == {f"configs/{c}.json" for c in configs} | others
     packed = torch.load(out / "models" / "model.pt", weights_only=True)
-    assert packed.keys() == weights.keys() and all(torch.equal(packed[k], weights[k]) for k in weights)
+    assert packed["plan"] == ckpt["plan"] == json.loads((out / "configs" / "plan.json").read_text(encoding="utf-8"))
+    assert packed["model"].keys() == weights.keys() and all(torch.equal(packed["model"][k], weights[k]) for k in weights)
     meta = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))
     pred = meta["network_data_format"]["outputs"]["pred"]
     assert pred["num_channels"] == len(pred["channel_def"]) == 14 and pred["channel_def"]["6"] == "liver"
@@ -115,7 +108,8 @@ def test_pack_refuses_bad_input_in_one_line(tmp_path, capsys):
     torch.save({"model": argparse.Namespace(a=1)}, tmp_path / "pickled.pt")
     (tmp_path / "taken").mkdir()
     cases = {
-        "another network": (["--preset", "dlka3d_pancreas", "--checkpoint", str(tmp_path / "tiny.pt")], "not of the configured"),
+        "another preset": (["--preset", "dlka3d_pancreas", "--checkpoint", str(tmp_path / "tiny.pt")], "is a model of dlka3d_synapse, not of --preset dlka3d_pancreas"),
+        "no model, no preset": ([], "give the model to pack"),
         "pickled objects": (["--preset", "dlka3d_synapse", "--checkpoint", str(tmp_path / "pickled.pt")], "pickled Python objects"),
         "unknown id": (["--preset", "dlka3d_synapse", "--set", "network_def#nope#x=1"], "network_def#nope#x"),
         "out exists": (["--preset", "dlka3d_synapse", "--out", str(tmp_path / "taken")], "exists"),
@@ -126,6 +120,24 @@ def test_pack_refuses_bad_input_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("bundle: error:") and message in err, (name, err)
         assert not (tmp_path / "out").exists(), name
+
+
+def test_overwrite_replaces_only_what_the_packer_made(tmp_path, capsys):
+    out, _ = pack_bundle("dlka3d_pancreas", tmp_path / "b")
+    (out / "configs" / "stale.json").write_text("{}")
+    out, _ = pack_bundle("dlka3d_pancreas", out, overwrite=True)
+    assert not (out / "configs" / "stale.json").exists() and (out / ".dlka_monai_bundle").is_file()
+    mine = tmp_path / "home"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    assert main(["pack", "--preset", "dlka3d_synapse", "--out", str(mine), "--overwrite"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was not made by the packer" in err
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["pack", "--preset", "dlka3d_synapse", "--out", str(empty), "--overwrite"]) == 0
+    assert (empty / "configs" / "inference.json").is_file()
 
 
 def test_safe_spacingd_leaves_monai_labels_items_alone():

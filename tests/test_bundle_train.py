@@ -11,6 +11,7 @@ from monai.bundle import ConfigWorkflow
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY_TRAIN_ARGS as TINY
+from dlka_monai.networks import get_preset
 from dlka_monai.training import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,8 +67,11 @@ def test_metadata_has_the_model_zoo_fields():
         ).items():
             assert isinstance(tensor[key], kind), key
     assert tensors["image"]["modality"] == "CT"
-    assert len(tensors["pred"]["channel_def"]) == tensors["pred"]["num_channels"] == 14
-    assert tensors["image"]["spatial_shape"] == [64, 128, 128]
+    # the repository bundle's metadata describes its default preset, whose facts live in the registry
+    preset = get_preset(json.loads((ROOT / "configs" / "inference.json").read_text())["preset"])
+    assert tensors["pred"]["channel_def"] == {str(k): v for k, v in preset.class_names.items()}
+    assert tensors["pred"]["num_channels"] == preset.args["out_channels"] == 14
+    assert tensors["image"]["spatial_shape"] == list(preset.args["img_size"]) == [64, 128, 128]
 
 
 def test_demo_training_learns_saves_and_resumes(tmp_path, demo_dir):
@@ -82,7 +86,10 @@ def test_demo_training_learns_saves_and_resumes(tmp_path, demo_dir):
 
     models = tmp_path / "models"
     best = torch.load(models / "model.pt", weights_only=True)
-    assert "encoder.stages.0.0.attn.spatial_gating_unit.deform_conv.conv_offset.weight" in best
+    assert "encoder.stages.0.0.attn.spatial_gating_unit.deform_conv.conv_offset.weight" in best["model"]
+    # the plan: the network as trained (the tiny overrides) and the demo's preprocessing
+    assert best["plan"]["network"]["feature_size"] == 4 and best["plan"]["network"]["img_size"] == [32, 64, 64]
+    assert best["plan"]["pixdim"] == [3.0, 2.5, 2.5] and best["plan"]["class_names"]["6"] == "liver"
     latest = torch.load(models / "checkpoint_epoch=4.pt", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(latest)
     # ignite keeps iteration and epoch_length; the epoch follows from them
@@ -125,8 +132,9 @@ def test_pancreas_overlay_trains_on_demo_data(tmp_path, demo_dir):
     out = _run_bundle([*args, "--max_epochs", "1", "--val_interval", "1"], cwd=tmp_path)
     assert "Epoch[1] Complete" in out
     best = torch.load(tmp_path / "models" / "pancreas" / "model.pt", weights_only=True)
-    assert best["out1.conv.conv.weight"].shape[0] == 2  # background + pancreas
-    assert best["encoder.downsample_layers.0.0.conv.weight"].shape[2:] == (2, 2, 2)  # the Pancreas patch embedding
+    assert best["model"]["out1.conv.conv.weight"].shape[0] == 2  # background + pancreas
+    assert best["model"]["encoder.downsample_layers.0.0.conv.weight"].shape[2:] == (2, 2, 2)  # the Pancreas patch embedding
+    assert best["plan"]["preset"] == "dlka3d_pancreas" and best["plan"]["class_names"] == {"0": "background", "1": "pancreas"}
 
 
 def test_pancreas_overlay_reads_the_authors_h5_folds(tmp_path):

@@ -9,6 +9,8 @@ import torch
 from conftest import TINY_BUNDLE_IMG_SIZE, TINY_BUNDLE_NET
 
 from dlka_monai.networks import create_network
+from dlka_monai.plan import network_plan
+from dlka_monai.weights import save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +31,7 @@ def _tiny_checkpoint(tmp_path, seed):
             if hasattr(m, "conv_offset"):
                 m.conv_offset.weight.normal_(0, 0.05)
     ckpt = tmp_path / "model.pt"
-    torch.save(net.state_dict(), ckpt)
+    save_model(ckpt, net, network_plan(net))
     return net.eval(), ckpt
 
 
@@ -37,7 +39,7 @@ def test_ckpt_export_torchscript_matches_eager(tiny_bundle, tmp_path):
     net, ckpt = _tiny_checkpoint(tmp_path, seed=1)
     ts_path = tmp_path / "model.ts"
     _bundle_cli(
-        "ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(ckpt),
+        "ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(ckpt), "--key_in_ckpt", "model",
         "--meta_file", str(tiny_bundle / "configs" / "metadata.json"),
         "--config_file", str(tiny_bundle / "configs" / "inference.json"), "--bundle_root", str(tiny_bundle),
         "--use_trace", "True", "--input_shape", str([1, 1, *TINY_BUNDLE_IMG_SIZE]),

@@ -6,16 +6,21 @@ MONAI Label pins numpy<2, so this runs in an environment of its own (what .ci/ru
 """
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_bundle_pack import TINY_SET, _tiny_training_checkpoint
+from test_bundle_pack import _tiny_training_checkpoint
 
 from dlka_monai.bundle import pack_bundle
 
@@ -25,17 +30,12 @@ pytestmark = pytest.mark.monailabel
 NAME = "dlka3d_synapse"
 
 
-@pytest.fixture(scope="module")
-def monaibundle_app(demo_dataset, tmp_path_factory):
-    """The monaibundle app serving the packed tiny bundle from ``<app>/model/<name>``, with 3 studies, 2 of
-    them labelled."""
-    from monailabel.config import settings
-    from monailabel.interfaces.utils.app import app_instance, clear_cache
-
-    root = tmp_path_factory.mktemp("monailabel")
+def _app_and_studies(root, demo_dataset):
+    """The monaibundle sample app serving a packed tiny bundle from ``<app>/model/<name>``, and a studies
+    folder of 3 images, 2 of them labelled."""
     _tiny_training_checkpoint(root / "tiny.pt")
     # validation every epoch, so that a 1-epoch run updates models/model.pt
-    bundle, _ = pack_bundle(NAME, root / "dist" / NAME, root / "tiny.pt", overrides={**TINY_SET, "val_interval": 1})
+    bundle, _ = pack_bundle(NAME, root / "dist" / NAME, root / "tiny.pt", overrides={"val_interval": 1})
     # the sample app ships with the monailabel package: this copies it, offline
     cmd = [sys.executable, "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle", "--output", str(root / "apps")]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
@@ -49,14 +49,25 @@ def monaibundle_app(demo_dataset, tmp_path_factory):
         shutil.copy(demo_dataset / "imagesTr" / f"{case}.nii.gz", studies)
     for case in ("demo_000", "demo_001"):
         shutil.copy(demo_dataset / "labelsTr" / f"{case}.nii.gz", studies / "labels" / "final")
+    return app_dir, studies, bundle
 
+
+# zoo_source other than monaihosting: local bundles without listing the online model zoo
+_CONF = {"models": NAME, "zoo_source": "github", "sam2": "false", "preload": "false"}
+
+
+@pytest.fixture(scope="module")
+def monaibundle_app(demo_dataset, tmp_path_factory):
+    """The app in this process (MONAI Label's own ``app_instance``)."""
+    from monailabel.config import settings
+    from monailabel.interfaces.utils.app import app_instance, clear_cache
+
+    app_dir, studies, bundle = _app_and_studies(tmp_path_factory.mktemp("monailabel"), demo_dataset)
     with pytest.MonkeyPatch.context() as mp:
         # no folder watcher thread, no sessions under ~/.cache
         mp.setattr(settings, "MONAI_LABEL_DATASTORE_AUTO_RELOAD", False)
         mp.setattr(settings, "MONAI_LABEL_SESSIONS", False)
-        # zoo_source other than monaihosting: local bundles without listing the online model zoo
-        conf = {"models": NAME, "zoo_source": "github", "sam2": "false", "preload": "false"}
-        app = app_instance(str(app_dir), str(studies), conf)
+        app = app_instance(str(app_dir), str(studies), _CONF)
         yield app, bundle
     clear_cache()
 
@@ -100,6 +111,78 @@ def test_bundle_train_task_trains_the_model_that_infer_then_uses(monaibundle_app
     before = torch.load(model, weights_only=True)
     app.train({"model": NAME, "max_epochs": 1, "device": "cpu", "val_split": 0.5, "multi_gpu": False})
     after = torch.load(model, weights_only=True)
+    # the packed plan's tiny network is trained, and saved with its plan
+    assert after["plan"]["network"] == before["plan"]["network"]
+    before, after = before["model"], after["model"]
     assert before.keys() == after.keys() and not all(torch.equal(before[k], after[k]) for k in before)
     assert (bundle / "models" / "checkpoint_epoch=1.pt").exists()
     _infer(app, demo_dataset)  # the infer task reloads the changed model.pt
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _request(url, data=None, timeout=60):
+    body = None if data is None else urllib.parse.urlencode(data).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST" if body is not None else "GET"), timeout=timeout) as r:
+        return r.read()
+
+
+def test_rest_server_infers_and_trains_the_packed_bundle(demo_dataset, tmp_path):
+    """``monailabel start_server`` on 127.0.0.1 with the packed bundle, driven as a client does: inference
+    over REST (label map in the image's space, with the bundle's class names), one training round, stop."""
+    app_dir, studies, bundle = _app_and_studies(tmp_path, demo_dataset)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir), "--studies", str(studies)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    for key, value in _CONF.items():
+        cmd += ["--conf", key, value]
+    env = {**os.environ, "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false", "MONAI_LABEL_SESSIONS": "false"}
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                info = json.loads(_request(f"{url}/info/", timeout=10))
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-4000:]
+                time.sleep(2)
+        meta = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
+        expected = {v: int(k) for k, v in meta["network_data_format"]["outputs"]["pred"]["channel_def"].items() if k != "0"}
+        assert info["models"][NAME]["labels"] == expected
+
+        params = {"params": json.dumps({"device": "cpu"})}
+        label = tmp_path / "label.nii.gz"
+        label.write_bytes(_request(f"{url}/infer/{NAME}?image=demo_006&output=image", params, timeout=900))
+        seg, image = nib.load(label), nib.load(demo_dataset / "imagesTr" / "demo_006.nii.gz")
+        assert seg.shape == image.shape and np.allclose(seg.affine, image.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= set(range(14))
+        result = json.loads(_request(f"{url}/infer/{NAME}?image=demo_006&output=json", params, timeout=900))
+        assert result["label_names"] == expected
+
+        model = bundle / "models" / "model.pt"
+        before = torch.load(model, weights_only=True)["model"]
+        train = {"max_epochs": 1, "device": "cpu", "val_split": 0.5, "multi_gpu": False}
+        request = urllib.request.Request(
+            f"{url}/train/{NAME}?run_sync=true", data=json.dumps(train).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=1500) as r:
+            assert r.status == 200
+        after = torch.load(model, weights_only=True)["model"]
+        assert not all(torch.equal(before[k], after[k]) for k in before)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=60)
+        log.close()
+    assert server.poll() is not None

@@ -12,14 +12,20 @@ import pytest
 from dlka_monai.segment import main
 
 ROOT = Path(__file__).resolve().parents[1]
-def _assert_same_space(seg_path, image_path):
+
+
+def _assert_same_space_values(seg_path, image_path, allowed):
     seg, image = nib.load(seg_path), nib.load(image_path)
     assert seg.shape == image.shape
     assert np.allclose(seg.affine, image.affine, atol=1e-4)
     assert nib.aff2axcodes(seg.affine) == nib.aff2axcodes(image.affine) != ("R", "A", "S")
     assert seg.get_data_dtype() == np.uint8
     values = np.unique(np.asarray(seg.dataobj))
-    assert set(values.tolist()) <= set(range(14)) and len(values) > 1
+    assert set(values.tolist()) <= set(allowed) and len(values) > 1
+
+
+def _assert_same_space(seg_path, image_path):
+    _assert_same_space_values(seg_path, image_path, range(14))
 
 
 def test_inference_config_writes_label_maps_in_the_input_space(tiny_bundle, demo_dataset, tmp_path):
@@ -93,3 +99,24 @@ def test_cli_segments_a_dicom_series(tiny_bundle, demo_dataset, tmp_path):
     sitk.WriteImage(image, str(tmp_path / "reference.nii.gz"))  # the same volume, as NIfTI
     assert main(["-i", str(tmp_path / "series"), "-o", str(tmp_path / "out"), "--model", str(tiny_bundle)]) == 0
     _assert_same_space(tmp_path / "out" / "series_seg.nii.gz", tmp_path / "reference.nii.gz")
+
+
+def test_cli_names_the_classes_of_the_models_plan(demo_dataset, tmp_path, capsys):
+    from conftest import save_tiny_model
+
+    model = tmp_path / "pancreas.pt"
+    save_tiny_model(model, "dlka3d_pancreas", img_size=[32, 32, 32], feature_size=4, depths=[1, 1, 1, 1])
+    image = demo_dataset / "imagesTr" / "demo_006.nii.gz"
+    assert main(["-i", str(image), "-o", str(tmp_path / "seg.nii.gz"), "--model", str(model)]) == 0
+    line = capsys.readouterr().out.splitlines()[-2]
+    assert line.startswith(f"demo_006.nii.gz -> {tmp_path / 'seg.nii.gz'}: ")
+    assert "pancreas" in line and "spleen" not in line and ".dlka-segment-" not in line
+    _assert_same_space_values(tmp_path / "seg.nii.gz", image, {0, 1})
+
+
+def test_cli_values_are_data_never_code(tiny_bundle, demo_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = demo_dataset / "imagesTr" / "demo_006.nii.gz"
+    payload = '$__import__("pathlib").Path("PWNED").touch()'
+    assert main(["-i", str(image), "-o", str(tmp_path / "out"), "--model", str(tiny_bundle), "--series", payload]) == 0
+    assert not (tmp_path / "PWNED").exists() and (tmp_path / "out" / "demo_006_seg.nii.gz").is_file()

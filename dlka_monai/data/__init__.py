@@ -16,7 +16,7 @@ from .datalist import (
     split_validation,
 )
 from .readers import LoadPancreasH5d, SITKReader
-from .slices import LoadNpzSliced, npz_slice_datalist
+from .slices import LoadNpzSliced, npz_slice_datalist, training_datalist
 from .validation import InvalidInputError, check_datalist, check_image, check_label, check_output_dir
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "LoadPancreasH5d",
     "LoadNpzSliced",
     "npz_slice_datalist",
+    "training_datalist",
     "InvalidInputError",
     "check_image",
     "check_label",

@@ -18,9 +18,9 @@ from monai.config import KeysCollection, PathLike
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from .datalist import split_validation
+from .datalist import load_datalist, split_validation
 
-__all__ = ["LoadNpzSliced", "npz_slice_datalist"]
+__all__ = ["LoadNpzSliced", "npz_slice_datalist", "training_datalist"]
 
 _SLICE_SUFFIX = re.compile(r"_slice\d+$")
 
@@ -88,3 +88,14 @@ def npz_slice_datalist(
     training, validation = split_validation(case_entries, val_fraction=val_fraction, val_cases=val_cases, seed=seed)
     expand = lambda entries: [e for c in entries for e in cases[c["image"]]]  # noqa: E731
     return {"training": expand(training), "validation": expand(validation), "test": []}
+
+
+def training_datalist(npz_dir: PathLike | None = None, **kwargs) -> dict[str, list[dict]]:
+    """The datalists of the 2D net's training: the TransUNet-style ``.npz`` slices in ``npz_dir``
+    (:func:`npz_slice_datalist`, with ``val_fraction``, ``val_cases`` and ``seed`` of ``kwargs``), else the
+    volumes of :func:`dlka_monai.data.load_datalist` called with ``kwargs``."""
+    if npz_dir is None:
+        return load_datalist(**kwargs)
+    split = {k: kwargs[k] for k in ("val_fraction", "val_cases", "seed") if k in kwargs}
+    return npz_slice_datalist(npz_dir, **split)
+

@@ -1,5 +1,6 @@
+from .inferers import window_inferer
 from .slice_inferer import SliceResizeInferer
 from .transforms import InvertArgmaxd, SafeSpacingd
 from .tta import FlipTTAInferer
 
-__all__ = ["FlipTTAInferer", "InvertArgmaxd", "SafeSpacingd", "SliceResizeInferer"]
+__all__ = ["FlipTTAInferer", "InvertArgmaxd", "SafeSpacingd", "SliceResizeInferer", "window_inferer"]

@@ -40,6 +40,7 @@ __all__ = [
     "preset_plan",
     "make_plan",
     "network_plan",
+    "overlay_plan",
     "check_plan",
     "build_network",
     "read_plan_file",
@@ -191,3 +192,12 @@ def write_plan_file(plan: Mapping[str, Any], path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(check_plan(_plain(plan)), indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def overlay_plan(plan: Mapping[str, Any], overlay: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``plan`` with the entries of ``overlay`` replacing its own; ``overlay["network"]`` replaces single
+    network arguments (e.g. ``{"network": {"img_size": [32, 64, 64]}, "pixdim": [3.0, 2.5, 2.5]}``)."""
+    overlay = dict(overlay or {})
+    base = {k: v for k, v in plan.items() if k not in ("format", "format_version", "dlka_monai_version")}
+    network = {**base.pop("network"), **overlay.pop("network", {})}
+    return make_plan(**{**base, **overlay}, network=network)

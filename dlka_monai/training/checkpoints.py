@@ -19,7 +19,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.transforms import Randomizable
 
-from dlka_monai.weights import atomic_save, check_state_dict, safe_load
+from dlka_monai.weights import atomic_save, check_state_dict, safe_load, save_model
 
 __all__ = ["latest_checkpoint", "TrainingCheckpointer"]
 
@@ -87,9 +87,12 @@ class TrainingCheckpointer:
     ``keep``. A training killed at any moment therefore loses at most the epochs since the last checkpoint,
     and resuming (``resume=True``) restores all of it from :func:`latest_checkpoint` when the trainer starts.
 
-    With an ``evaluator``, the network is also written atomically to ``save_dir/best_filename`` (a plain
-    state dict, as MONAI bundles keep ``models/model.pt``) whenever its key metric improves; the best value
-    survives resuming, so a worse model after a restart does not replace it.
+    With an ``evaluator``, the network is also written atomically to ``save_dir/best_filename`` whenever its
+    key metric improves, as ``{"model": state_dict, "plan": plan}`` (:func:`dlka_monai.weights.save_model`):
+    MONAI's ``CheckpointLoader`` and MONAI Label load its ``model``, and the plan lets ``dlka-segment`` and
+    the inference config rebuild the network and its preprocessing. The best value survives resuming, so a
+    worse model after a restart does not replace it. A run that never validated writes its last model there
+    when it ends. The interval checkpoints carry the plan too.
 
     Only the rank-0 process writes; every process loads.
 
@@ -105,6 +108,7 @@ class TrainingCheckpointer:
             folder when there is none.
         best_filename: file name of the best model, or None not to write it.
         map_location: where tensors are loaded when resuming.
+        plan: the plan of ``network`` (:func:`dlka_monai.plan.network_plan`), saved with its weights.
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class TrainingCheckpointer:
         resume: bool = False,
         best_filename: str | None = "model.pt",
         map_location: Any = "cpu",
+        plan: dict | None = None,
     ) -> None:
         if interval < 1 or keep < 1:
             raise ValueError(f"interval and keep must be >= 1, got {interval} and {keep}.")
@@ -132,6 +137,7 @@ class TrainingCheckpointer:
         self.resume = resume
         self.best_filename = best_filename
         self.map_location = map_location
+        self.plan = plan
         self.trainer: Engine | None = None
         self._saved_epoch = -1
         self._best_saved_epoch = -1
@@ -143,8 +149,10 @@ class TrainingCheckpointer:
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
-        if self.evaluator is not None and self.best_filename:
-            self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self._save_best)
+        if self.best_filename:
+            if self.evaluator is not None:
+                self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self._save_best)
+            engine.add_event_handler(Events.COMPLETED, self._save_unvalidated)
 
     def _random_transforms(self) -> list[Randomizable]:
         dataset = getattr(getattr(self.trainer, "data_loader", None), "dataset", None)
@@ -190,6 +198,7 @@ class TrainingCheckpointer:
                 "epoch": None if evaluator is None else int(evaluator.best_metric_epoch),
             },
             "rng": self._rng_state(),
+            "plan": self.plan,
         }
 
     def save(self, engine: Engine) -> None:
@@ -213,14 +222,30 @@ class TrainingCheckpointer:
             leftover.unlink(missing_ok=True)
         logger.info(f"saved {path}")
 
+    def _write_model(self) -> Path:
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        path = self.save_dir / self.best_filename
+        if self.plan is None:
+            atomic_save(self.network.state_dict(), path)
+        else:
+            save_model(path, self.network, self.plan)
+        return path
+
     def _save_best(self, evaluator: Engine) -> None:
         state = evaluator.state
         if state.best_metric_epoch != state.epoch or state.epoch == self._best_saved_epoch or idist.get_rank() != 0:
             return
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        atomic_save(self.network.state_dict(), self.save_dir / self.best_filename)
+        path = self._write_model()
         self._best_saved_epoch = state.epoch
-        logger.info(f"saved {self.save_dir / self.best_filename} (best {state.best_metric:.4f} at epoch {state.epoch})")
+        logger.info(f"saved {path} (best {state.best_metric:.4f} at epoch {state.epoch})")
+
+    def _save_unvalidated(self, engine: Engine) -> None:
+        # a run that never validated (val_interval beyond max_epochs) still leaves a model to use: its last one
+        evaluated = self.evaluator is not None and getattr(self.evaluator.state, "best_metric_epoch", -1) not in (-1, None)
+        if evaluated or idist.get_rank() != 0:
+            return
+        path = self._write_model()
+        logger.info(f"saved {path} (the model of the last epoch: no validation ran)")
 
     def load(self, engine: Engine) -> None:
         """Restore the newest checkpoint of ``save_dir`` into the network, optimizer, scheduler, scaler,
