@@ -8,14 +8,13 @@ from typing import Any
 from .datalist import (
     BTCV_TEST_CASES,
     BTCV_TRAIN_CASES,
-    NIFTI_SUFFIXES,
     btcv_datalist,
     inference_datalist,
     load_datalist,
     pancreas_h5_datalist,
     split_validation,
 )
-from .readers import LoadPancreasH5d, SITKReader
+from .readers import NIFTI_SUFFIXES, LoadPancreasH5d, SITKReader
 from .slices import LoadNpzSliced, npz_slice_datalist, training_datalist
 from .validation import InvalidInputError, check_datalist, check_image, check_label, check_output_dir
 

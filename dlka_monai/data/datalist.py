@@ -15,8 +15,10 @@ import numpy as np
 from monai.config import PathLike
 from monai.data import load_decathlon_datalist
 
+from dlka_monai.data.readers import NIFTI_SUFFIXES
+from dlka_monai.data.validation import check_datalist
+
 __all__ = [
-    "NIFTI_SUFFIXES",
     "inference_datalist",
     "BTCV_TRAIN_CASES",
     "BTCV_TEST_CASES",
@@ -26,8 +28,6 @@ __all__ = [
     "pancreas_h5_datalist",
 ]
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-"""File name endings of NIfTI images."""
 BTCV_TRAIN_CASES = (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
 """The 18 Synapse (BTCV) training cases of the TransUNet split, used by D-LKA Net."""
 BTCV_TEST_CASES = (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
@@ -231,15 +231,8 @@ def load_datalist(
     if leaked:
         raise ValueError(f"validation and test lists share {len(leaked)} image(s): {', '.join(leaked)}.")
     if check:
-        _validation().check_datalist(result["training"] + result["validation"], label_values)
+        check_datalist(result["training"] + result["validation"], label_values)
     return result
-
-
-def _validation():
-    # imported on use: the validation module needs NIFTI_SUFFIXES from this one
-    from dlka_monai.data import validation
-
-    return validation
 
 
 def pancreas_h5_datalist(dataset_dir: PathLike, fold: int = 0) -> dict[str, list[dict[str, str]]]:
@@ -312,7 +305,7 @@ def inference_datalist(
     """
     entries = _inference_entries(input, dataset_dir, datalist, split)
     if check:
-        _validation().check_datalist([{"image": e["image"]} for e in entries], series_uid=series_uid)
+        check_datalist([{"image": e["image"]} for e in entries], series_uid=series_uid)
     return entries
 
 

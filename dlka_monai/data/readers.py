@@ -19,7 +19,10 @@ from monai.data.utils import orientation_ras_lps
 from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys, convert_to_dst_type, ensure_tuple
 
-__all__ = ["SITKReader", "LoadPancreasH5d"]
+__all__ = ["NIFTI_SUFFIXES", "SITKReader", "LoadPancreasH5d"]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+"""File name endings of NIfTI images."""
 
 
 class SITKReader(ImageReader):

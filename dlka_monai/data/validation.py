@@ -15,8 +15,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from dlka_monai.data.datalist import NIFTI_SUFFIXES
-from dlka_monai.data.readers import SITKReader
+from dlka_monai.data.readers import NIFTI_SUFFIXES, SITKReader
 
 __all__ = ["InvalidInputError", "check_image", "check_label", "check_datalist", "check_output_dir"]
 
