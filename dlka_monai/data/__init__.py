@@ -13,6 +13,7 @@ from .datalist import (
     inference_datalist,
     load_datalist,
     pancreas_h5_datalist,
+    split_folds,
     split_validation,
 )
 from .readers import LoadPancreasH5d, SITKReader
@@ -25,6 +26,7 @@ __all__ = [
     "BTCV_TEST_CASES",
     "btcv_datalist",
     "split_validation",
+    "split_folds",
     "load_datalist",
     "inference_datalist",
     "pancreas_h5_datalist",
