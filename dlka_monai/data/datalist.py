@@ -244,6 +244,8 @@ def load_datalist(
     Raises:
         InvalidInputError: an image or label map of the training or validation list is unusable.
     """
+    if fold is not None and val_cases is not None:
+        raise ValueError("val_cases and fold are exclusive: a fold's validation cases are drawn by split_folds.")
     if h5_fold is not None:
         if dataset_dir is None:
             raise ValueError("h5_fold needs dataset_dir, the folder of the NIH Pancreas h5 files and Flods/.")
@@ -272,8 +274,6 @@ def load_datalist(
             "the folder given may also be RawData or RawData/Training), or pass datalist=<json file>."
         )
     if fold is not None:
-        if val_cases is not None:
-            raise ValueError("val_cases and fold are exclusive: a fold's validation cases are drawn by split_folds.")
         training, validation = split_folds(result["training"] + result["validation"], num_folds, fold, seed)
         result = {"training": training, "validation": validation, "test": result["test"]}
     test_images = {os.path.normpath(p) for e in result["test"] for p in _image_paths(e)}

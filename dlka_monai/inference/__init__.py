@@ -1,5 +1,6 @@
+from .ensemble import EnsembleInferer, load_ensemble
 from .slice_inferer import SliceResizeInferer
 from .transforms import InvertArgmaxd, SafeSpacingd
 from .tta import FlipTTAInferer
 
-__all__ = ["FlipTTAInferer", "InvertArgmaxd", "SafeSpacingd", "SliceResizeInferer"]
+__all__ = ["EnsembleInferer", "load_ensemble", "FlipTTAInferer", "InvertArgmaxd", "SafeSpacingd", "SliceResizeInferer"]
