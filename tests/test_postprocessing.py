@@ -2,16 +2,24 @@
 """The largest-connected-component decision on validation, on constructed cases where it helps and where
 it hurts, and its application from a plan."""
 
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
 from dlka_monai.evaluation import (
+    case_metrics,
     decide_largest_component,
     keep_largest_component,
     largest_component_scores,
     largest_component_transform,
 )
-from dlka_monai.plan import make_plan
+from dlka_monai.evaluation.metrics import METRICS
+from dlka_monai.plan import make_plan, read_plan_file, write_plan_file
+from dlka_monai.plan.postprocess import main
 
 
 def _box(t, lo, hi, value):
@@ -69,3 +77,35 @@ def test_apply_the_plans_decision():
     assert torch.equal(keep_largest_component(pred, [1]), label) and int((pred == 1).sum()) == 72
     # no decision: the label map as it is
     assert torch.equal(torch.as_tensor(largest_component_transform({"largest_component": []})(pred.clone())), pred)
+
+
+def test_postprocess_cli(tmp_path, capsys):
+    plan = make_plan("dlka3d_synapse", {"out_channels": 3}, class_names={0: "background", 1: "a", 2: "b"})
+    write_plan_file(plan, tmp_path / "plan.json")
+    entries = []
+    for fold, case in enumerate(("img1", "img2")):
+        pred, label = _case()
+        out = tmp_path / "eval" / f"fold_{fold}"
+        out.mkdir(parents=True)
+        save = lambda t, p: nib.save(nib.Nifti1Image(t[0].numpy().astype(np.uint8), np.eye(4)), str(p))  # noqa: E731
+        save(label, tmp_path / f"{case}_label.nii.gz")
+        save(pred, out / f"{case}_seg.nii.gz")
+        entries.append({"image": f"{case}.nii.gz", "label": f"{case}_label.nii.gz"})
+        with open(out / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["case", "class", "name", *METRICS])
+            writer.writeheader()
+            writer.writerows({"case": case, "name": "", **r} for r in case_metrics(pred, label, 3, (1.0, 1.0, 1.0)))
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": entries, "modality": {"0": "CT"}}))
+    args = ["--plan", str(tmp_path / "plan.json"), "--datalist", str(tmp_path / "dataset.json")]
+    summary = tmp_path / "eval" / "cv_summary.json"
+    assert main([*args, "--predictions", str(tmp_path / "eval" / "fold_*"), "--summary", str(summary)]) == 0
+    printed = capsys.readouterr().out
+    assert "a: Dice 0.9412 as predicted, 1.0000 largest component -> largest component" in printed
+    assert read_plan_file(tmp_path / "plan.json")["postprocessing"] == {"largest_component": [1]}
+    result = json.loads(summary.read_text())
+    assert result["num_folds"] == 2 and result["folds"]["1"]["cases"] == ["img2"]
+    assert result["mean_dice"] == pytest.approx((128 / 136 + 1.0) / 2)
+    # no predictions: one line, exit 1
+    assert main([*args, "--predictions", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: no *_seg.nii.gz prediction" in err

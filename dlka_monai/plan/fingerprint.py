@@ -71,7 +71,7 @@ def _grid(path: str, data: bool):
     shape, spacing = [0, 0, 0], [0.0, 0.0, 0.0]
     for voxel_axis, letter in enumerate(axcodes):
         shape[_AXIS_OF_LETTER[letter]] = int(volume.shape[voxel_axis])
-        spacing[_AXIS_OF_LETTER[letter]] = float(spacing_voxel[voxel_axis])
+        spacing[_AXIS_OF_LETTER[letter]] = round(float(spacing_voxel[voxel_axis]), 6)  # float32 affine noise off
     return shape, spacing, axcodes, (None if volume.data is None else np.asarray(volume.data))
 
 

@@ -68,7 +68,7 @@ def target_spacing(
     if aniso_spacing and aniso_voxels:
         # 1e-5: nnU-Net's, so that the coarse axis stays the coarsest
         target[worst] = max(float(np.percentile(spacings[:, worst], 10)), max(target[others]) + 1e-5)
-    return [float(s) for s in target]
+    return [round(float(s), 6) for s in target]  # the affine's float32 noise off (1e-6 mm)
 
 
 def feed_axcodes(spacing: Sequence[float], base: str = "SAR") -> str:
