@@ -234,3 +234,24 @@ def test_cli(ct_dataset, tmp_path, capsys):
         capture_output=True, text=True, cwd=ROOT,
     )
     assert run.returncode == 1 and run.stderr.strip() == f"dlka_monai.plan: error: {tmp_path / 'missing.json'}: no such dataset json."
+
+
+def test_fingerprint_of_simpleitk_files(tmp_path):
+    """MetaImage files (read with SimpleITK, arrays (z, y, x)): the same statistics, voxels read whole."""
+    import SimpleITK as sitk
+
+    cases = []
+    for i, (low, high) in enumerate(((1, 501), (501, 1001))):
+        image, label = _ct_case(low, high)
+        for array, name in ((image.astype(np.float32), f"c{i}.mha"), (label.astype(np.uint8), f"c{i}_seg.mha")):
+            itk = sitk.GetImageFromArray(array.T.copy())  # (x, y, z) -> SimpleITK's (z, y, x)
+            itk.SetSpacing((0.7, 0.8, 3.0))
+            sitk.WriteImage(itk, str(tmp_path / name))
+        cases.append({"image": str(tmp_path / f"c{i}.mha"), "label": str(tmp_path / f"c{i}_seg.mha")})
+    fp = dataset_fingerprint(cases, "CT", {0: "background", 1: "organ"}, foreground_samples=None, progress=False)
+    stats = fp["foreground_intensity"]["0"]
+    assert stats["mean"] == pytest.approx(500.5) and stats["std"] == pytest.approx(np.arange(1, 1001).std())
+    assert stats["min"] == 1 and stats["max"] == 1000 and stats["n_samples"] == 1000
+    # an identity direction in LPS is L, P, S in RAS terms
+    assert fp["cases"][0]["axcodes"] == "LPS" and fp["cases"][0]["spacing"] == pytest.approx([0.7, 0.8, 3.0])
+    assert fp["cases"][0]["shape"] == [24, 24, 6]

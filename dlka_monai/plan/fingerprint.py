@@ -23,7 +23,7 @@ import numpy as np
 from monai.config import PathLike
 from tqdm import tqdm
 
-from dlka_monai.data.datalist import load_datalist
+from dlka_monai.data.datalist import NIFTI_SUFFIXES, load_datalist
 from dlka_monai.data.validation import InvalidInputError, _load
 
 __all__ = ["FOREGROUND_SAMPLES", "WORLD_AXES", "dataset_fingerprint", "datalist_fingerprint", "is_ct"]
@@ -72,7 +72,13 @@ def _grid(path: str, data: bool):
     for voxel_axis, letter in enumerate(axcodes):
         shape[_AXIS_OF_LETTER[letter]] = int(volume.shape[voxel_axis])
         spacing[_AXIS_OF_LETTER[letter]] = round(float(spacing_voxel[voxel_axis]), 6)  # float32 affine noise off
-    return shape, spacing, axcodes, (None if volume.data is None else np.asarray(volume.data))
+    data = None
+    if volume.data is not None:
+        data = np.asarray(volume.data)
+        if not path.endswith(NIFTI_SUFFIXES):
+            data = data.T  # SimpleITK's arrays are (z, y, x), nibabel's and the shape (x, y, z)
+        data = data.reshape(volume.shape)  # a trailing channel axis of 1 dropped, as in the shape
+    return shape, spacing, axcodes, data
 
 
 def _label_names(labels: Mapping | None, source: str) -> dict[int, str] | None:
