@@ -49,7 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.datalist, args.dataset_dir, args.modality, foreground_samples=args.foreground_samples
             )
             plan = plan_from_fingerprint(fingerprint, args.preset, min_coverage=args.min_coverage)
-            path = write_plan_file(plan, args.out)
+            try:
+                path = write_plan_file(plan, args.out)
+            except OSError as e:
+                raise InvalidInputError(f"{args.out}: cannot write the plan ({e.strerror or e}).") from e
         except (InvalidInputError, ValueError, OSError) as e:
             print(f"dlka_monai.plan: error: {e}", file=sys.stderr)
             return 1

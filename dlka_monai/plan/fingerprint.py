@@ -254,12 +254,15 @@ def datalist_fingerprint(
         raise InvalidInputError(f"{path}: a dataset json is an object with a 'training' list.")
     if not keys.get("training"):
         raise InvalidInputError(f"{path}: no 'training' list of labelled cases.")
+    bad = [i for i, e in enumerate(keys["training"]) if not (isinstance(e, dict) and "image" in e)]
+    if bad:
+        raise InvalidInputError(f"{path}: 'training' entries {', '.join(map(str, bad[:5]))} are not {{\"image\": ..., \"label\": ...}} objects.")
     listed = keys.get("modality", keys.get("channel_names"))
     if modality is not None and listed is not None and _modalities(modality, len(listed)) != _modalities(listed, len(listed)):
         warnings.warn(f"{path}: modality {modality} given, replacing the json's {listed}.", stacklevel=2)
     try:
         lists = load_datalist(dataset_dir=dataset_dir, datalist=path, val_fraction=0.0, check=False)
-    except (KeyError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise InvalidInputError(f"{path}: {e}") from e
     cases = lists["training"] + lists["validation"]
     labels = _label_names(keys.get("labels"), str(path))
