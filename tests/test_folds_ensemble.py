@@ -145,3 +145,27 @@ def test_summarize_folds(tmp_path):
     assert json.loads((tmp_path / "s" / "summary.json").read_text())["mean_dice"] == pytest.approx(summary["mean_dice"])
     with pytest.raises(ValueError, match="case a is in the validation of folds 0 and 1"):
         summarize_folds({0: fold0, 1: rows("a", perfect)}, {0: "background", 1: "organ"})
+
+
+def test_ensemble_in_a_supervised_evaluator():
+    """The wiring of a bundle config: the evaluator's network is the ModuleList of the folds, its inferer the
+    ensemble with log output, and its postprocessing the single-model softmax, unchanged."""
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedEvaluator
+    from monai.transforms import Activationsd
+
+    nets = _convs(2)
+    window = SlidingWindowInferer(roi_size=(8, 16, 16))
+    data = [{"image": torch.randn(1, 12, 20, 20), "label": torch.zeros(1, 12, 20, 20)}]
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(Dataset(data), batch_size=1),
+        network=torch.nn.ModuleList(nets),
+        inferer=EnsembleInferer(window, log_output=True),
+        postprocessing=Activationsd("pred", softmax=True),
+    )
+    evaluator.run()
+    (out,) = evaluator.state.output
+    with torch.no_grad():
+        expected = sum(torch.softmax(window(data[0]["image"][None], n), 1) for n in nets)[0] / 2
+    assert torch.allclose(out["pred"], expected, atol=1e-5)

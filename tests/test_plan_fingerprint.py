@@ -255,3 +255,19 @@ def test_fingerprint_of_simpleitk_files(tmp_path):
     # an identity direction in LPS is L, P, S in RAS terms
     assert fp["cases"][0]["axcodes"] == "LPS" and fp["cases"][0]["spacing"] == pytest.approx([0.7, 0.8, 3.0])
     assert fp["cases"][0]["shape"] == [24, 24, 6]
+
+
+def test_2d_plan_keeps_slice_spacing():
+    fp = {
+        "modality": {"0": "CT"},
+        "channels": 1,
+        "labels": {"0": "background", "1": "organ"},
+        "foreground_intensity": {"0": {"mean": 40.0, "std": 50.0, "percentile_00_5": -100.0, "percentile_99_5": 200.0}},
+        "cases": [{"case": f"c{i}", "shape": [512, 512, 90 + i], "spacing": [0.7, 0.7, 5.0], "axcodes": "LPS"} for i in range(3)],
+    }
+    # 512 × 0.7 mm in-plane at the target 0.7 mm: 224 of 512 voxels; the slice axis is not checked
+    plan = plan_from_fingerprint(fp, "dlka2d_synapse")
+    assert plan["axcodes"] == "SAR" and plan["pixdim"] == [-1.0, 0.7, 0.7]
+    assert plan["planning"]["patch_coverage"][1:] == pytest.approx([224 / 512, 224 / 512])
+    assert plan["normalization"] == {"scheme": "ct", "clip": [-100.0, 200.0], "mean": 40.0, "std": 50.0}
+    assert plan["network"]["out_channels"] == 2 and plan["spatial_dims"] == 2
