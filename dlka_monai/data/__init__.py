@@ -12,6 +12,7 @@ from .datalist import (
     inference_datalist,
     load_datalist,
     pancreas_h5_datalist,
+    split_folds,
     split_validation,
 )
 from .readers import NIFTI_SUFFIXES, LoadPancreasH5d, SITKReader
@@ -24,6 +25,7 @@ __all__ = [
     "BTCV_TEST_CASES",
     "btcv_datalist",
     "split_validation",
+    "split_folds",
     "load_datalist",
     "inference_datalist",
     "pancreas_h5_datalist",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ __all__ = [
     "BTCV_TEST_CASES",
     "btcv_datalist",
     "split_validation",
+    "split_folds",
     "load_datalist",
     "pancreas_h5_datalist",
 ]
@@ -126,6 +127,44 @@ def split_validation(
     return train, validation
 
 
+def split_folds(
+    training: Sequence[dict],
+    num_folds: int = 5,
+    fold: int = 0,
+    seed: int = 0,
+    case_of: Callable[[dict], str] | None = None,
+) -> tuple[list[dict], list[dict]]:
+    """Fold ``fold`` of a ``num_folds``-fold cross-validation of a training list (only ``training`` is seen,
+    so test cases never enter a fold), as nnU-Net's 5-fold split: the cases are shuffled with ``seed`` and
+    dealt into ``num_folds`` groups of sizes differing by at most one; fold ``k`` validates on group ``k``.
+
+    The split is by case: entries of the same case (``case_of``) are always in the same group. It depends
+    only on the set of cases and ``seed``, not on the order of ``training``, so the folds stay the same
+    when a datalist is reordered and the ``num_folds`` validation lists are disjoint and cover every case.
+
+    Args:
+        training: datalist entries with an ``"image"`` path (or list of paths).
+        num_folds: number of folds, at least 2 and at most the number of cases.
+        fold: the fold, ``0 .. num_folds - 1``.
+        seed: seed of the shuffle.
+        case_of: the case of an entry; default: its image file path(s), so each entry is a case.
+
+    Returns:
+        ``(training, validation)``, both in the original order.
+    """
+    case_of = case_of or (lambda e: " ".join(os.path.normpath(p) for p in _image_paths(e)))
+    cases = sorted({case_of(e) for e in training})
+    if num_folds < 2 or num_folds > len(cases):
+        raise ValueError(f"num_folds must be between 2 and the number of training cases ({len(cases)}), got {num_folds}.")
+    if not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be in 0..{num_folds - 1}, got {fold}.")
+    order = np.random.default_rng(seed).permutation(len(cases))
+    held_out = {cases[i] for i in np.array_split(order, num_folds)[fold].tolist()}
+    train = [e for e in training if case_of(e) not in held_out]
+    validation = [e for e in training if case_of(e) in held_out]
+    return train, validation
+
+
 def _decathlon_datalist(
     json_path: Path, base_dir: PathLike, val_fraction: float, val_cases: Sequence[str] | str | None, seed: int
 ) -> dict[str, list[dict]]:
@@ -163,6 +202,8 @@ def load_datalist(
     h5_fold: int | None = None,
     label_values: Sequence[int] | None = None,
     check: bool = True,
+    fold: int | None = None,
+    num_folds: int = 5,
 ) -> dict[str, list[dict]]:
     """The training, validation and test datalists of a dataset, whichever layout it is in.
 
@@ -191,6 +232,10 @@ def load_datalist(
             training and validation label map; None not to check them.
         check: check the training and validation images and label maps with
             :func:`dlka_monai.data.check_datalist` before any training starts.
+        fold: if given, the training and validation lists are fold ``fold`` of a ``num_folds``-fold
+            cross-validation (:func:`split_folds` with ``seed``) of all the labelled cases (the training list
+            and a json's own validation list together); ``val_fraction`` is then unused, ``val_cases`` not allowed.
+        num_folds: see ``fold``.
 
     Returns:
         ``{"training", "validation", "test"}`` lists of dicts with absolute paths; the validation and
@@ -199,6 +244,8 @@ def load_datalist(
     Raises:
         InvalidInputError: an image or label map of the training or validation list is unusable.
     """
+    if fold is not None and val_cases is not None:
+        raise ValueError("val_cases and fold are exclusive: a fold's validation cases are drawn by split_folds.")
     if h5_fold is not None:
         if dataset_dir is None:
             raise ValueError("h5_fold needs dataset_dir, the folder of the NIH Pancreas h5 files and Flods/.")
@@ -226,6 +273,9 @@ def load_datalist(
             "or the BTCV raw layout (RawData/Training/img/img00NN.nii.gz and label/label00NN.nii.gz, "
             "the folder given may also be RawData or RawData/Training), or pass datalist=<json file>."
         )
+    if fold is not None:
+        training, validation = split_folds(result["training"] + result["validation"], num_folds, fold, seed)
+        result = {"training": training, "validation": validation, "test": result["test"]}
     test_images = {os.path.normpath(p) for e in result["test"] for p in _image_paths(e)}
     leaked = sorted({os.path.normpath(p) for e in result["validation"] for p in _image_paths(e)} & test_images)
     if leaked:

@@ -57,7 +57,8 @@ def _read(path: Path, series_uid: str | None, data: bool) -> _Volume:
         raise InvalidInputError(str(e)) from e
     channels = image.GetNumberOfComponentsPerPixel()
     shape = tuple(image.GetSize()) + ((channels,) if channels > 1 else ())
-    return _Volume(shape, tuple(image.GetSpacing()), SITKReader._get_affine(image), sitk.GetArrayViewFromImage(image))
+    # a copy: a view would outlive the image it points into, which is freed on return
+    return _Volume(shape, tuple(image.GetSpacing()), SITKReader._get_affine(image), sitk.GetArrayFromImage(image))
 
 
 def _load(path: str | os.PathLike, series_uid: str | None = None, data: bool = True) -> _Volume:
