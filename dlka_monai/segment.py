@@ -4,6 +4,7 @@
     dlka-segment -i scan.nii.gz -o scan_seg.nii.gz
     dlka-segment -i scans/ -o segmentations/ --model pancreas --tta
     dlka-segment -i dicom_series_folder/ -o out/ --model /path/to/bundle_or_model.pt
+    dlka-segment -i scan.nii.gz -o scan_seg.nii.gz --model 'models/fold_*/model.pt'   # ensemble of folds
 
 The model's plan (stored with its weights) gives the network, the preprocessing and the class names, so
 any model the bundle trained, or the packer packed, segments as it is. The label maps (uint8 NIfTI) are in
@@ -13,6 +14,7 @@ the input's space: same shape, affine and orientation.
 from __future__ import annotations
 
 import argparse
+import glob
 import shutil
 import sys
 import tempfile
@@ -26,7 +28,7 @@ from monai.bundle import ConfigWorkflow
 from dlka_monai.bundle_files import bundle_root
 from dlka_monai.data import NIFTI_SUFFIXES, InvalidInputError, SITKReader, check_output_dir, inference_datalist
 from dlka_monai.plan import class_names
-from dlka_monai.weights import model_plan
+from dlka_monai.weights import model_files, model_plan
 
 __all__ = ["MODEL_NAMES", "main", "resolve_model", "segment"]
 
@@ -42,7 +44,9 @@ def resolve_model(model: str) -> tuple[Path, Path]:
     """``--model`` -> (bundle root, model file).
 
     A name of :data:`MODEL_NAMES`: that model of the repository bundle; a folder: a bundle
-    (``configs/inference.json``, ``models/model.pt``); a file: a model for the repository bundle's configs.
+    (``configs/inference.json``, ``models/model.pt``); a file: a model for the repository bundle's configs;
+    a glob pattern (``"models/fold_*/model.pt"``): the ensemble of the models it matches, whose softmax
+    probabilities are averaged.
     """
     if model in MODEL_NAMES:
         root = bundle_root()
@@ -52,8 +56,14 @@ def resolve_model(model: str) -> tuple[Path, Path]:
         ckpt = root / "models" / "model.pt"
     elif Path(model).is_file():
         root, ckpt = bundle_root(), Path(model).resolve()
+    elif glob.has_magic(model):
+        root, ckpt = bundle_root(), Path(model).absolute()
+        model_files(ckpt)  # matches something
+        return root, ckpt
     else:
-        raise SegmentError(f"--model {model}: not one of {', '.join(MODEL_NAMES)}, a bundle folder or a model file.")
+        raise SegmentError(
+            f"--model {model}: not one of {', '.join(MODEL_NAMES)}, a bundle folder, a model file or a pattern of model files."
+        )
     config = root / "configs" / "inference.json"
     if not config.is_file():
         raise SegmentError(f"bundle config not found: {config}.")
@@ -96,7 +106,7 @@ def segment(
         SegmentError, InvalidInputError: with a one-line message.
     """
     root, ckpt = resolve_model(model)
-    names = class_names(model_plan(ckpt))
+    names = class_names(model_plan(model_files(ckpt)[0]))
     try:
         cases = inference_datalist(input=input, series_uid=series)
     except FileNotFoundError as e:
@@ -155,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-i", "--input", required=True, help="NIfTI file, folder of NIfTI files, DICOM series folder, or glob")
     parser.add_argument("-o", "--output", required=True, help="output .nii.gz file (one input) or folder")
     parser.add_argument(
-        "--model", default="synapse", help=f"{' | '.join(MODEL_NAMES)} | bundle folder | model file (default: synapse)"
+        "--model",
+        default="synapse",
+        help=f"{' | '.join(MODEL_NAMES)} | bundle folder | model file | quoted pattern of model files, e.g. "
+        "'models/fold_*/model.pt' for the ensemble of the folds (default: synapse)",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations (8x slower)")

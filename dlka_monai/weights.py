@@ -4,6 +4,7 @@ fits a network. Shared by the command line, the converter, the packer, training 
 
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import re
@@ -24,6 +25,7 @@ __all__ = [
     "unwrap_checkpoint",
     "find_preset",
     "read_model",
+    "model_files",
     "model_plan",
     "load_model",
     "save_model",
@@ -165,6 +167,22 @@ def read_model(path: str | os.PathLike, preset: str | None = None, mmap: bool = 
     with torch.device("meta"):
         check_state_dict(state, build_network(plan), plan["preset"], path)
     return state, plan
+
+
+def model_files(path: str | os.PathLike) -> list[str]:
+    """The model files ``path`` names: itself, or the sorted matches of a glob pattern such as
+    ``models/fold_*/model.pt`` (an ensemble of folds).
+
+    Raises:
+        InvalidInputError: a pattern that matches no file.
+    """
+    path = os.fspath(path)
+    if not glob.has_magic(path):
+        return [path]
+    files = sorted(glob.glob(path))
+    if not files:
+        raise InvalidInputError(f"{path}: no model file matches.")
+    return files
 
 
 def model_plan(path: str | os.PathLike, preset: str | None = None) -> dict:

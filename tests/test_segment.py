@@ -120,3 +120,17 @@ def test_cli_values_are_data_never_code(tiny_bundle, demo_dataset, tmp_path, mon
     payload = '$__import__("pathlib").Path("PWNED").touch()'
     assert main(["-i", str(image), "-o", str(tmp_path / "out"), "--model", str(tiny_bundle), "--series", payload]) == 0
     assert not (tmp_path / "PWNED").exists() and (tmp_path / "out" / "demo_006_seg.nii.gz").is_file()
+
+
+def test_cli_ensemble_of_folds_averages_the_models(tiny_bundle, demo_dataset, tmp_path):
+    """A pattern of model files is a fold ensemble: two copies of one model give that model's labels."""
+    for fold in (0, 1):
+        (tmp_path / "models" / f"fold_{fold}").mkdir(parents=True)
+        shutil.copy(tiny_bundle / "models" / "model.pt", tmp_path / "models" / f"fold_{fold}" / "model.pt")
+    image = demo_dataset / "imagesTr" / "demo_007.nii.gz"
+    pattern = str(tmp_path / "models" / "fold_*" / "model.pt")
+    assert main(["-i", str(image), "-o", str(tmp_path / "ens.nii.gz"), "--model", pattern]) == 0
+    assert main(["-i", str(image), "-o", str(tmp_path / "one.nii.gz"), "--model", str(tiny_bundle)]) == 0
+    _assert_same_space(tmp_path / "ens.nii.gz", image)
+    ens, one = (np.asarray(nib.load(tmp_path / f"{n}.nii.gz").dataobj) for n in ("ens", "one"))
+    np.testing.assert_array_equal(ens, one)
