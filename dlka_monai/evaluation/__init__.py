@@ -1,4 +1,4 @@
-from .metrics import SYNAPSE_8_ORGANS, case_metrics, summarize
+from .metrics import CONVENTIONS, SYNAPSE_8_ORGANS, case_metrics, hd95_voxels, summarize
 from .writer import MetricsWriter
 
-__all__ = ["SYNAPSE_8_ORGANS", "case_metrics", "summarize", "MetricsWriter"]
+__all__ = ["SYNAPSE_8_ORGANS", "CONVENTIONS", "case_metrics", "hd95_voxels", "summarize", "MetricsWriter"]
