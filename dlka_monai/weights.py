@@ -69,7 +69,9 @@ def _numpy_scalar_globals() -> list:
     except ImportError:  # numpy 1
         scalar = importlib.import_module("numpy.core.multiarray").scalar
     numeric = (np.bool_, np.integer, np.floating, np.complexfloating)
-    dtype_classes = {type(np.dtype(t)) for t in set(np.sctypeDict.values()) if issubclass(t, numeric)}
+    dtype_classes = {
+        type(np.dtype(t)) for t in set(np.sctypeDict.values()) if issubclass(t, numeric) and not issubclass(t, np.timedelta64)
+    }
     return [
         (scalar, "numpy._core.multiarray.scalar"),
         (scalar, "numpy.core.multiarray.scalar"),
