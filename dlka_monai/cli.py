@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-__all__ = ["literal", "one_line_errors"]
+__all__ = ["ArgumentParser", "literal", "one_line_errors"]
 
 # ConfigParser evaluates strings starting with "$", resolves "@id" references (also inside "$"
 # expressions), "%" macros and relative ids ("@#", "%#"), and rewrites "#" to its id separator "::"
@@ -62,6 +63,14 @@ def literal(value: Any) -> Any:
     raise TypeError(f"literal() takes command-line values (str, numbers, lists, dicts), got {type(value).__name__}.")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` that reports a bad argument in one line, ``"<prog>: error: <message> (see
+    <prog> --help)"``, with exit status 2 (argparse prints its usage first); its subparsers do the same."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def one_line_errors(
     prog: str, errors: tuple[type[BaseException], ...] = (ValueError, OSError)
 ) -> Callable[[Callable[..., int | None]], Callable[..., int]]:
@@ -69,7 +78,7 @@ def one_line_errors(
     ``"<prog>: error: <message>"`` on stderr with exit status 1, instead of a traceback.
 
     The decorated function returns the exit status: 1 after such an error, else what ``main`` returned
-    (0 for None). Argument errors found by ``argparse`` keep its usage message and status 2.
+    (0 for None). Argument errors are :class:`ArgumentParser`'s (status 2).
 
     Args:
         prog: the command's name, as the user typed it (``"python -m dlka_monai.convert"``).

@@ -11,7 +11,6 @@ The output is a plain state dict of tensors, loadable with
 
 from __future__ import annotations
 
-import argparse
 import functools
 import re
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dlka_monai.cli import one_line_errors
+from dlka_monai.cli import ArgumentParser, one_line_errors
 from dlka_monai.weights import safe_load
 
 __all__ = ["convert_state_dict", "convert_checkpoint", "main"]
@@ -215,7 +214,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, variant: str) -> dict[s
 @one_line_errors("python -m dlka_monai.convert")
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit status (1 with an error message, no traceback)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m dlka_monai.convert",
         description="Convert a D-LKA authors' checkpoint into a state dict of dlka_monai's network.",
     )

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from dlka_monai.cli import literal, one_line_errors
+from dlka_monai.cli import ArgumentParser, literal, one_line_errors
 from dlka_monai.data.validation import InvalidInputError
 from dlka_monai.weights import check_state_dict, safe_load
 
@@ -75,7 +75,7 @@ def export_onnx(
 @one_line_errors("python -m dlka_monai.export")
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status (1 with a one-line error, no traceback)."""
-    parser = argparse.ArgumentParser(prog="python -m dlka_monai.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m dlka_monai.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="format", required=True)
     onnx = sub.add_parser("onnx", help="export to ONNX and check it in onnxruntime")
     onnx.add_argument("--config_file", nargs="+", default=["configs/inference.json"], help="bundle config(s) defining network_def")

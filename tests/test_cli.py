@@ -11,6 +11,8 @@ from monai.bundle import ConfigParser
 
 from conftest import TINY_BUNDLE_IMG_SIZE, TINY_BUNDLE_NET
 from dlka_monai.cli import literal, one_line_errors
+from dlka_monai.convert import main as convert_main
+from dlka_monai.data.demo import main as demo_main
 from dlka_monai.export import main as export_main
 
 ROOT = Path(__file__).parents[1]
@@ -80,6 +82,23 @@ def test_one_line_errors(capsys):
     assert capsys.readouterr().err == "prog: error: [Errno 2] No such file or directory: '/nonexistent/x'\n"
     with pytest.raises(KeyError):
         main(["bug"])
+
+
+@pytest.mark.parametrize(
+    "main,argv,message",
+    [
+        (demo_main, ["--out", "d", "--num-cases", "abc"], "python -m dlka_monai.data.demo: error: argument --num-cases: invalid int value: 'abc'"),
+        (convert_main, ["--variant", "dlka3d_synapse", "in.model"], "python -m dlka_monai.convert: error: the following arguments are required: dst"),
+        (export_main, ["onnx", "--opset", "x"], "python -m dlka_monai.export onnx: error: argument --opset: invalid int value: 'x'"),
+    ],
+    ids=["demo", "convert", "export"],
+)
+def test_malformed_arguments_are_one_line(main, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    prog = message.split(": error:")[0]
+    assert capsys.readouterr().err == f"{message} (see {prog} --help)\n"
 
 
 def _run(*args, cwd=ROOT):

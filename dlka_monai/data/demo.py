@@ -8,7 +8,6 @@ Run ``python -m dlka_monai.data.demo --out DIR [--num-cases 8] [--seed 0]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -20,7 +19,7 @@ import numpy as np
 from monai.config import PathLike
 from scipy import ndimage
 
-from dlka_monai.cli import one_line_errors
+from dlka_monai.cli import ArgumentParser, one_line_errors
 
 __all__ = ["generate_demo_dataset", "DEMO_LABELS", "DEMO_SHAPE", "DEMO_SPACING", "NUM_DEMO_TEST_CASES"]
 
@@ -285,7 +284,7 @@ def generate_demo_dataset(out_dir: PathLike, num_cases: int = 8, seed: int = 0) 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: ``python -m dlka_monai.data.demo --out DIR``; bad arguments exit with status 1
     and a one-line message."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m dlka_monai.data.demo", description="Generate the synthetic abdominal-CT-like demo dataset."
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
