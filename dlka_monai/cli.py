@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
@@ -34,17 +35,19 @@ def literal(value: Any) -> Any:
 
     A string holding one of ``$ @ % #`` becomes the expression ``"$bytes.fromhex('<hex>').decode('utf-8')"``,
     which evaluates to the string itself and holds nothing the parser resolves; other strings, numbers,
-    booleans and None are returned unchanged; lists and tuples become lists of literal items; a dict
+    booleans and None are returned unchanged (a path as its string); lists and tuples become lists of literal items; a dict
     keeps its keys and gets literal values, unless a key is special to the parser (``_target_`` and the
     other ``_name_`` keys, or a key holding ``$ @ % #`` or ``::``), in which case the whole dict becomes one
     expression decoding its JSON.
 
     Args:
-        value: a command-line value: a string, number, boolean, None, or lists/dicts of them.
+        value: a command-line value: a string or path, number, boolean, None, or lists/dicts of them.
 
     Raises:
         TypeError: for other types, which cannot come from a command line.
     """
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
     if isinstance(value, str):
         return value if _plain(value) else _decoded(value)
     if value is None or isinstance(value, (bool, int, float)):
@@ -52,15 +55,15 @@ def literal(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [literal(v) for v in value]
     if isinstance(value, Mapping):
-        special = [
-            k for k in value if not isinstance(k, str) or not _plain(k) or "::" in k or (k.startswith("_") and k.endswith("_"))
-        ]
+        special = any(
+            not isinstance(k, str) or not _plain(k) or "::" in k or (k.startswith("_") and k.endswith("_")) for k in value
+        )
         if not special:
             return {k: literal(v) for k, v in value.items()}
         # a "_target_" key would make the parser instantiate the dict, an id separator would split its id
         text = json.dumps(value).encode("utf-8").hex()
         return f"$__import__('json').loads(bytes.fromhex('{text}').decode('utf-8'))"
-    raise TypeError(f"literal() takes command-line values (str, numbers, lists, dicts), got {type(value).__name__}.")
+    raise TypeError(f"literal() takes command-line values (str, paths, numbers, lists, dicts), got {type(value).__name__}.")
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -60,6 +60,8 @@ def test_literal_values_pass_a_config_parser_unchanged(tmp_path, monkeypatch):
 def test_literal_leaves_plain_values_alone():
     for value in ["ct.nii.gz", "/data/Synapse", "C:\\data\\x y", "a::b", 3, 0.5, True, None]:
         assert literal(value) == value
+    assert literal(Path("/data/ct.nii.gz")) == "/data/ct.nii.gz"
+    assert ConfigParser({"p": literal(Path("/data/scan#2"))}).get_parsed_content("p") == "/data/scan#2"
     assert literal(("a", "@b"))[0] == "a" and literal(("a", "@b"))[1].startswith("$bytes.fromhex('40")
     with pytest.raises(TypeError, match="command-line values"):
         literal(object())
