@@ -5,13 +5,13 @@ Usage::
 
     python -m dlka_monai.convert --variant dlka3d_synapse model_final_checkpoint.model dlka3d_synapse.pt
 
-The output is a plain state dict of tensors, loadable with
-``create_network(variant).load_state_dict(torch.load(dst, weights_only=True))``.
+The output is a model file, ``{"model": state_dict, "plan": plan}`` with the plan of the variant's preset
+(:mod:`dlka_monai.plan`), as every model the project writes: ``dlka_monai.weights.load_model(dst)`` rebuilds
+the network with its weights, and ``dlka-segment --model dst`` segments with it.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import re
 import sys
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from dlka_monai.cli import ArgumentParser, one_line_errors
+from dlka_monai.plan import preset_plan
 from dlka_monai.weights import safe_load
 
 __all__ = ["convert_state_dict", "convert_checkpoint", "main"]
@@ -66,7 +68,9 @@ _DEAD_KEYS: dict[str, str] = {
     "dlka2d_synapse": r"^(backbone\.conv\.|decoder_3\.(x1_linear|layer_lka_1|layer_lka_2)\.)",
 }
 
-# where the weights sit in the checkpoint dicts we accept (nnU-Net ``.model``: "state_dict")
+# where the weights sit in the checkpoint dicts we accept: the authors' 3D Synapse trainer (nnU-Net v1)
+# saves "state_dict" next to "epoch", "optimizer_state_dict", "lr_scheduler_state_dict", "amp_grad_scaler",
+# "plot_stuff" and "best_stuff"; their Pancreas and 2D trainers save the bare state dict
 _CONTAINER_KEYS = ("state_dict", "model", "network_weights")
 _MAX_LISTED = 20
 
@@ -188,10 +192,11 @@ def convert_checkpoint(src: str | Path, dst: str | Path, variant: str) -> dict[s
     """Convert the authors' checkpoint file ``src`` for ``variant`` and save our state dict to ``dst``.
 
     Args:
-        src: the authors' checkpoint: a plain state dict, or a dict holding it under ``"state_dict"``
-            (nnU-Net ``.model`` files), ``"model"`` or ``"network_weights"``; read with
-            ``torch.load(weights_only=True)``.
-        dst: where to ``torch.save`` the converted plain state dict (parent folders are created).
+        src: the authors' checkpoint: a plain state dict (their Pancreas and 2D code), or a dict holding it
+            under ``"state_dict"`` (the nnU-Net ``.model`` files of their 3D Synapse trainer), ``"model"`` or
+            ``"network_weights"``; read with ``torch.load(weights_only=True)``, which here also accepts the
+            numpy scalars of the training curves saved alongside (``safe_load(allow_numpy_scalars=True)``).
+        dst: where to save the model file ``{"model": state_dict, "plan": plan}`` (parent folders are created).
         variant: ``"dlka3d_synapse"``, ``"dlka3d_pancreas"`` or ``"dlka2d_synapse"``.
 
     Returns:
@@ -202,15 +207,16 @@ def convert_checkpoint(src: str | Path, dst: str | Path, variant: str) -> dict[s
             variant (see :func:`convert_state_dict`).
     """
     _rules(variant)  # an unknown variant fails before reading a large file
-    state_dict = convert_state_dict(_unwrap(safe_load(src), src), variant)
+    state_dict = convert_state_dict(_unwrap(safe_load(src, allow_numpy_scalars=True), src), variant)
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state_dict, dst)
+    torch.save({"model": state_dict, "plan": preset_plan(variant)}, dst)
     return state_dict
 
 
+@one_line_errors("python -m dlka_monai.convert")
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; returns the exit status (1 with a one-message error, no traceback)."""
-    parser = argparse.ArgumentParser(
+    """Command line entry point; returns the exit status (1 with an error message, no traceback)."""
+    parser = ArgumentParser(
         prog="python -m dlka_monai.convert",
         description="Convert a D-LKA authors' checkpoint into a state dict of dlka_monai's network.",
     )
@@ -218,11 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("src", help="the authors' checkpoint (.model / .pth / .pt)")
     parser.add_argument("dst", help="output path of the converted state dict")
     args = parser.parse_args(argv)
-    try:
-        state_dict = convert_checkpoint(args.src, args.dst, args.variant)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    state_dict = convert_checkpoint(args.src, args.dst, args.variant)
     params = _target(args.variant)[1]
     n_params = sum(t.numel() for k, t in state_dict.items() if k in params)
     print(f"{args.variant}: wrote {len(state_dict)} tensors ({n_params:,} parameters) to {args.dst}")

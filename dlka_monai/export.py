@@ -17,19 +17,30 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
+from dlka_monai.cli import ArgumentParser, literal, one_line_errors
+from dlka_monai.data.validation import InvalidInputError
 from dlka_monai.weights import check_state_dict, read_model
 
 __all__ = ["export_onnx", "main"]
 
 
 def _network(config_files: list[str], bundle_root: str, ckpt_file: str) -> torch.nn.Module:
+    state, plan = read_model(ckpt_file)  # first: a missing or unsafe file fails before the network is built
     parser = ConfigParser()
     parser.read_config(config_files)
-    parser["bundle_root"] = bundle_root
+    parser["bundle_root"] = literal(bundle_root)  # paths from the command line: data, never code
     # the network of the model's plan, with the configs' overrides
-    parser["ckpt_path"] = ckpt_file
-    net = parser.get_parsed_content("network_def")
-    state, plan = read_model(ckpt_file)
+    parser["ckpt_path"] = literal(ckpt_file)
+    try:
+        net = parser.get_parsed_content("network_def")
+    except (KeyError, RuntimeError) as e:  # a missing id, or an expression that failed
+        cause = e
+        while cause.__cause__ is not None:  # the parser wraps what the config raised
+            cause = cause.__cause__
+        reason = (str(cause).strip().splitlines() or [""])[0]
+        raise InvalidInputError(
+            f"{', '.join(map(str, config_files))}: cannot build network_def: {type(cause).__name__}: {reason}"
+        ) from e
     check_state_dict(state, net, plan["preset"], ckpt_file)
     net.load_state_dict(state)
     return net.eval()
@@ -61,19 +72,18 @@ def export_onnx(
     return float(np.abs(session.run(None, {"image": x.numpy()})[0] - expected).max())
 
 
+@one_line_errors("python -m dlka_monai.export")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dlka_monai.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Command line entry point; returns the exit status (1 with a one-line error, no traceback)."""
+    parser = ArgumentParser(prog="python -m dlka_monai.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="format", required=True)
     onnx = sub.add_parser("onnx", help="export to ONNX and check it in onnxruntime")
     onnx.add_argument("--config_file", nargs="+", default=["configs/inference.json"], help="bundle config(s) defining network_def")
-    onnx.add_argument("--ckpt_file", default="models/model.pt")
+    onnx.add_argument("--ckpt_file", default="models/model.pt", help="weights: a state dict, or a training checkpoint")
     onnx.add_argument("--filepath", default="models/model.onnx")
-    onnx.add_argument("--bundle_root", default=".")
+    onnx.add_argument("--bundle_root", default=".", help="the bundle folder (taken as a path, never as a config expression)")
     onnx.add_argument("--opset", type=int, default=17)
     args = parser.parse_args(argv)
-    if not Path(args.ckpt_file).is_file():
-        print(f"export: error: no checkpoint at {args.ckpt_file}", file=sys.stderr)
-        return 1
     diff = export_onnx(args.config_file, args.ckpt_file, args.filepath, args.bundle_root, args.opset)
     check = "onnxruntime not installed, output not checked" if diff is None else f"max abs difference to PyTorch {diff:.2e}"
     print(f"wrote {args.filepath} ({check})")

@@ -4,7 +4,9 @@ fits a network. Shared by the command line, the converter, the packer, training 
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import importlib
 import os
 import pickle
 import re
@@ -13,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dlka_monai.data.validation import InvalidInputError
@@ -51,10 +54,20 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    # the rename lives in the folder's entry, which has to reach the disk too
-    fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush ``folder``'s entries (a rename lives there) to disk, where the platform can: Windows cannot
+    open a folder (``PermissionError``) and has no ``O_DIRECTORY``; there the rename is durable without it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError:  # e.g. EINVAL from file systems that cannot sync a folder
+        pass
     finally:
         os.close(fd)
 
@@ -64,7 +77,30 @@ def _first_line(text: str, default: str) -> str:
     return lines[0] if lines else default
 
 
-def safe_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
+def _numpy_scalar_globals() -> list:
+    """What unpickling a numpy scalar (``np.float64(0.5)``, as ``np.mean`` returns) needs: numpy's
+    ``scalar`` reconstructor (``numpy._core.multiarray`` in numpy 2, ``numpy.core.multiarray`` in numpy 1;
+    files name the one they were saved with), ``np.dtype`` and the classes of the numeric dtypes. The
+    reconstructor builds a scalar from a dtype and its bytes; no object dtype, so nothing else is built."""
+    try:
+        scalar = importlib.import_module("numpy._core.multiarray").scalar
+    except ImportError:  # numpy 1
+        scalar = importlib.import_module("numpy.core.multiarray").scalar
+    numeric = (np.bool_, np.integer, np.floating, np.complexfloating)
+    dtype_classes = {
+        type(np.dtype(t)) for t in set(np.sctypeDict.values()) if issubclass(t, numeric) and not issubclass(t, np.timedelta64)
+    }
+    return [
+        (scalar, "numpy._core.multiarray.scalar"),
+        (scalar, "numpy.core.multiarray.scalar"),
+        np.dtype,
+        *sorted(dtype_classes, key=lambda c: c.__name__),
+    ]
+
+
+def safe_load(
+    path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False, allow_numpy_scalars: bool = False
+) -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain containers only, never pickled code.
 
     Args:
@@ -72,6 +108,10 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = F
         map_location: where tensors are loaded.
         mmap: map the tensors' storage instead of reading it (for a look at names and shapes only); files
             of the legacy, non-zip format are read as usual.
+        allow_numpy_scalars: also accept numpy scalars and dtypes (numeric ones), added to torch's allow
+            list for this load only (``torch.serialization.safe_globals``): training checkpoints of other
+            code bases keep loss curves of ``np.mean`` values next to the weights. Every other pickled
+            object is still refused.
 
     Raises:
         InvalidInputError: (a ``ValueError``) in one line: the file is missing or not a checkpoint, or it holds
@@ -79,10 +119,17 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = F
     """
     if not Path(path).is_file():
         raise InvalidInputError(f"{path}: no such checkpoint file.")
+    allowed = torch.serialization.safe_globals(_numpy_scalar_globals()) if allow_numpy_scalars else contextlib.nullcontext()
+    with allowed:
+        return _load(path, map_location, mmap)
+
+
+def _load(path: str | os.PathLike, map_location: Any, mmap: bool) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         try:
+            # inside safe_load's context: what it allowed is not listed
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:  # noqa: BLE001 - not a torch.save zip file: nothing to list
             unsafe = re.findall(r"Unsupported global: GLOBAL (\S+)", str(e))

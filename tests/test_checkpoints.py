@@ -1,8 +1,10 @@
 """Crash-safe checkpoints, resuming, and the non-finite loss guard, on a small real MONAI trainer."""
 
+import errno
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -74,6 +76,35 @@ def test_atomic_save_never_leaves_half_a_file(tmp_path):
     with pytest.raises(Exception):
         atomic_save({"w": torch.zeros(3), "bad": lambda: 0}, path)  # fails while writing
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+@pytest.mark.parametrize("failure", ["open", "fsync", "no_o_directory"])
+def test_atomic_save_where_folders_cannot_be_synced(failure, tmp_path, monkeypatch):
+    """Windows cannot open a folder (PermissionError) and has no O_DIRECTORY; some file systems refuse
+    to fsync one (EINVAL). The file is written and renamed into place all the same."""
+    real_open, real_fsync = os.open, os.fsync
+    tried = []
+
+    def open_(path, flags, *args, **kwargs):
+        if os.path.isdir(path):
+            tried.append(Path(path))
+            if failure == "open":
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def fsync(fd):
+        if failure == "fsync" and stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "fsync", fsync)
+    if failure == "no_o_directory":
+        monkeypatch.delattr(os, "O_DIRECTORY", raising=False)
+    atomic_save({"w": torch.arange(3)}, tmp_path / "ckpt.pt")
+    assert tried == [tmp_path]
+    assert torch.equal(torch.load(tmp_path / "ckpt.pt", weights_only=True)["w"], torch.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 

@@ -1,8 +1,11 @@
+import argparse
 import functools
 import math
+import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ from conftest import reference_manifest
 
 from dlka_monai.convert import convert_checkpoint, convert_state_dict, main
 from dlka_monai.networks import create_network
+from dlka_monai.weights import safe_load
 
 VARIANTS = ("dlka3d_synapse", "dlka3d_pancreas")
 INPUT_SHAPE = {"dlka3d_synapse": (1, 1, 64, 128, 128), "dlka3d_pancreas": (1, 1, 96, 96, 96)}
@@ -108,7 +112,9 @@ def test_convert_checkpoint(variant, module_prefix, via_cli, build, authors, aut
         convert_checkpoint(src, dst, variant)
     net = build(variant)
     # strict; mmap + assign spare copying the 200 MB into the net (the key and shape checks are the same)
-    net.load_state_dict(torch.load(dst, weights_only=True, mmap=True), assign=True)
+    model = torch.load(dst, weights_only=True, mmap=True)
+    assert model["plan"]["preset"] == variant  # the converted model carries its preset's plan
+    net.load_state_dict(model["model"], assign=True)
     _check_loaded(variant, net, authors(variant))
 
 
@@ -158,22 +164,136 @@ def test_unknown_variant(capsys):
     assert exit_info.value.code == 2 and "invalid choice: 'dlka2d_nope'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("unsafe", [np.float64(0.5), print], ids=["numpy_scalar", "function"])
-def test_pickled_objects_are_refused(unsafe, tmp_path):
+def _small_state_dict(variant: str) -> dict[str, torch.Tensor]:
+    """The authors' keys and shapes for ``variant`` at a few bytes each: key i holds the value i,
+    expanded to its shape (torch.save keeps the one-element storage and the zero strides)."""
+    return {k: torch.tensor(float(i)).expand(s) for i, (k, s) in enumerate(reference_manifest(variant).items())}
+
+
+def _optimizer_state() -> dict:
+    """An SGD state dict as nnU-Net's trainer saves it: momentum buffers and float hyper-parameters."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    w.sum().backward()
+    opt.step()
+    return opt.state_dict()
+
+
+def _authors_layout(layout: str, state_dict: dict) -> object:
+    """What the authors' trainers save (xmindflow/deformableLKA): ``nnunet`` is
+    NetworkTrainer_synapse.save_checkpoint of the 3D Synapse code (``np.mean`` values of float32 losses
+    and float64 Dice in ``plot_stuff``/``best_stuff``); the Pancreas and 2D trainers save
+    ``model.state_dict()``, with ``module.`` keys when the 2D one ran under DataParallel."""
+    if layout == "nnunet":
+        return {
+            "epoch": 1000,
+            "state_dict": state_dict,
+            "optimizer_state_dict": _optimizer_state(),
+            "lr_scheduler_state_dict": None,  # poly lr, no scheduler object
+            "plot_stuff": (
+                [np.mean([np.float32(0.9), np.float32(0.7)]), np.float32(0.5)],  # training losses
+                [np.float32(0.6)],  # validation losses
+                [],  # validation losses in train mode (unused)
+                [np.mean([0.71, 0.8]), np.float64(0.83)],  # online-evaluation Dice
+            ),
+            "best_stuff": (999, np.float32(0.41), np.float64(0.82)),
+            "amp_grad_scaler": torch.amp.GradScaler("cpu").state_dict(),
+        }
+    if layout == "data_parallel":
+        return {f"module.{k}": v for k, v in state_dict.items()}
+    return state_dict
+
+
+@pytest.mark.parametrize(
+    "variant,layout",
+    [("dlka3d_synapse", "nnunet"), ("dlka3d_pancreas", "state_dict"), ("dlka2d_synapse", "data_parallel")],
+)
+def test_authors_training_checkpoints_convert_weights_only(variant, layout, build, tmp_path):
+    source = _small_state_dict(variant)
+    src, dst = tmp_path / "authors.model", tmp_path / "converted.pt"
+    torch.save(_authors_layout(layout, source), src)
+    if layout == "nnunet":
+        assert "numpy._core.multiarray.scalar" in torch.serialization.get_unsafe_globals_in_checkpoint(src)
+    assert main(["--variant", variant, str(src), str(dst)]) == 0
+    converted = torch.load(dst, weights_only=True)["model"]
+    if variant == "dlka2d_synapse":  # the never-called modules are dropped
+        assert len(converted) < len(source)
+        for our_key, their_key in [("encoder.stem.conv1.weight", "backbone.backbone.stem.conv1.weight"),
+                                   ("out.conv.conv.weight", "decoder_0.last_layer.weight")]:
+            assert torch.equal(converted[our_key], source[their_key])
+        return
+    net = build(variant)
+    for their_key, our_key in mapping_by_order(variant, net).items():
+        assert torch.equal(converted[our_key], source[their_key]), (their_key, our_key)
+
+
+def _with_numpy_1_names(src: Path, dst: Path) -> None:
+    """``src`` as numpy 1 pickles it: its scalar reconstructor is ``numpy.core.multiarray.scalar``."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith("/data.pkl"):
+                assert b"numpy._core.multiarray\nscalar" in data
+                data = data.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar")
+            zout.writestr(info, data)
+
+
+def test_numpy_1_checkpoints_convert(tmp_path):
+    source = _small_state_dict("dlka3d_pancreas")
+    numpy2, numpy1 = tmp_path / "numpy2.model", tmp_path / "numpy1.model"
+    torch.save(_authors_layout("nnunet", source), numpy2)
+    _with_numpy_1_names(numpy2, numpy1)
+    assert "numpy.core.multiarray.scalar" in torch.serialization.get_unsafe_globals_in_checkpoint(numpy1)
+    converted = convert_checkpoint(numpy1, tmp_path / "out.pt", "dlka3d_pancreas")
+    assert len(converted) == len(source)
+    assert safe_load(numpy1, allow_numpy_scalars=True)["plot_stuff"][3] == [np.float64(0.755), np.float64(0.83)]
+
+
+class _Exploit:
+    """Unpickles as a call of os.system: what a malicious checkpoint carries."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("payload", ["os.system", "eval", "print", "class", "ndarray"])
+def test_pickled_code_is_refused_next_to_numpy_scalars(payload, tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    unsafe = {
+        "os.system": (_Exploit(marker), "posix.system" if os.name == "posix" else "nt.system"),
+        "eval": (eval, "builtins.eval"),
+        "print": (print, "builtins.print"),
+        "class": (argparse.Namespace(lr=0.01), "argparse.Namespace"),
+        "ndarray": (np.zeros(2), "numpy._core.multiarray._reconstruct, numpy.ndarray"),  # scalars only, not arrays
+    }
+    obj, listed = unsafe[payload]
+    ckpt = _authors_layout("nnunet", {"w": torch.zeros(2)})
     src, dst = tmp_path / "model_final_checkpoint.model", tmp_path / "out.pt"
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "fn": unsafe}, src)
-    with pytest.raises(ValueError, match="contains pickled Python objects .*can run arbitrary code.*trusted environment"):
-        convert_checkpoint(src, dst, "dlka3d_synapse")
-    assert not dst.exists()
-
-
-def test_cli_error_exits_nonzero_without_traceback(tmp_path, capsys):
-    src = tmp_path / "model_final_checkpoint.model"
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "amp_grad_scaler": {"scale": np.float32(2.0**16)}}, src)
-    assert main(["--variant", "dlka3d_synapse", str(src), str(tmp_path / "out.pt")]) == 1
+    torch.save({**ckpt, "extra": obj}, src)
+    assert main(["--variant", "dlka3d_synapse", str(src), str(dst)]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and err.startswith(f"error: {src}: contains pickled Python objects (numpy.")
-    assert len(err.splitlines()) == 1
+    assert out == "" and len(err.splitlines()) == 1
+    # the numpy scalars and dtypes were allowed: only the payload is listed
+    assert err.startswith(f"python -m dlka_monai.convert: error: {src}: contains pickled Python objects ({listed}), ")
+    assert "can run arbitrary code" in err
+    assert not dst.exists() and not marker.exists()
+
+
+def test_numpy_scalars_are_allowed_only_where_asked(tmp_path):
+    src = tmp_path / "curves.pt"
+    torch.save({"loss": np.float64(0.5)}, src)
+    before = torch.serialization.get_safe_globals()
+    assert safe_load(src, allow_numpy_scalars=True) == {"loss": 0.5}
+    assert torch.serialization.get_safe_globals() == before  # scoped to that load
+    with pytest.raises(ValueError, match=r"contains pickled Python objects \(numpy\._core\.multiarray\.scalar, numpy\.dtype\)"):
+        safe_load(src)
+    # numpy's object dtype would unpickle arbitrary objects: refused
+    torch.save({"dtype": np.dtype(object)}, src)
+    with pytest.raises(ValueError, match="cannot be read with torch.load"):
+        safe_load(src, allow_numpy_scalars=True)
 
 
 def test_no_state_dict_in_the_file(tmp_path):
@@ -201,7 +321,7 @@ def test_2d_checkpoint_converts_and_drops_the_dead_modules(authors_2d, tmp_path)
     src, dst = tmp_path / "maxvit_dlka.pth", tmp_path / "converted.pt"
     torch.save(authors_2d, src)
     convert_checkpoint(src, dst, "dlka2d_synapse")
-    converted = torch.load(dst, weights_only=True)
+    converted = torch.load(dst, weights_only=True)["model"]
     net = create_network("dlka2d_synapse")
     net.load_state_dict(converted)  # strict: every key of ours, nothing else
     assert sum(p.numel() for p in net.parameters()) == 78_583_005

@@ -8,9 +8,9 @@ Run ``python -m dlka_monai.data.demo --out DIR [--num-cases 8] [--seed 0]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +18,8 @@ import nibabel as nib
 import numpy as np
 from monai.config import PathLike
 from scipy import ndimage
+
+from dlka_monai.cli import ArgumentParser, one_line_errors
 
 __all__ = ["generate_demo_dataset", "DEMO_LABELS", "DEMO_SHAPE", "DEMO_SPACING", "NUM_DEMO_TEST_CASES"]
 
@@ -278,9 +280,13 @@ def generate_demo_dataset(out_dir: PathLike, num_cases: int = 8, seed: int = 0) 
     return json_path
 
 
+@one_line_errors("python -m dlka_monai.data.demo")
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point: ``python -m dlka_monai.data.demo --out DIR``."""
-    parser = argparse.ArgumentParser(description="Generate the synthetic abdominal-CT-like demo dataset.")
+    """Command-line entry point: ``python -m dlka_monai.data.demo --out DIR``; bad arguments exit with status 1
+    and a one-line message."""
+    parser = ArgumentParser(
+        prog="python -m dlka_monai.data.demo", description="Generate the synthetic abdominal-CT-like demo dataset."
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--num-cases", type=int, default=8, help="number of cases (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
@@ -296,4 +302,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

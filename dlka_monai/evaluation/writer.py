@@ -15,7 +15,8 @@ from ignite.engine import Engine, Events
 from monai.transforms import LoadImage, Orientation
 from PIL import Image
 
-from dlka_monai.evaluation.metrics import METRICS, SYNAPSE_8_ORGANS, case_metrics, summarize
+from dlka_monai.data.validation import InvalidInputError
+from dlka_monai.evaluation.metrics import CONVENTION_METRICS, CONVENTIONS, SYNAPSE_8_ORGANS, case_metrics, summarize
 
 __all__ = ["MetricsWriter"]
 
@@ -32,6 +33,28 @@ def _spacing(affine: torch.Tensor) -> list[float]:
     return np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0)).tolist()
 
 
+def _check_grid(case: str, pred: torch.Tensor, label: torch.Tensor) -> None:
+    """The prediction (inverted to the image's space) and the label map must be on one voxel grid: a
+    label of another shape or affine would be compared voxel by voxel with the wrong anatomy."""
+    label_file = label.meta.get("filename_or_obj", "the label map")
+    p_shape, l_shape = tuple(pred.shape[1:]), tuple(label.shape[1:])
+    if p_shape != l_shape:
+        raise InvalidInputError(
+            f"case {case}: the prediction ({'x'.join(map(str, p_shape))}) and the label map {label_file} "
+            f"({'x'.join(map(str, l_shape))}) differ in shape; the label map must be on its image's voxel grid."
+        )
+    p_affine, l_affine = (np.asarray(t.affine, dtype=float) for t in (pred, label))
+    spacing = max(_spacing(l_affine))
+    linear = np.abs(p_affine[:3, :3] - l_affine[:3, :3]).max()
+    origin = np.abs(p_affine[:3, 3] - l_affine[:3, 3]).max()
+    # the tolerances of dlka_monai.data.check_label: float32 headers, far below a voxel
+    if linear > 1e-4 * spacing or origin > 1e-2:
+        raise InvalidInputError(
+            f"case {case}: the affine of the label map {label_file} differs from the prediction's (its image's) "
+            f"by up to {max(linear, origin):.3g} mm; the label map must be on its image's voxel grid."
+        )
+
+
 def _overlay(gray: np.ndarray, labels: np.ndarray) -> np.ndarray:
     rgb = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
     mask = labels > 0
@@ -46,12 +69,21 @@ class MetricsWriter:
     ``metrics.csv`` (one row per case and class), ``summary.json`` and ``<case>.png`` (a few axial slices:
     image, ground truth, prediction).
 
+    A prediction and label map of different shapes or affines stop the evaluation with a one-line error
+    naming the case.
+
     Args:
         output_dir: where to write.
         num_classes: classes including background.
         class_names: class value -> name (e.g. the ``channel_def`` of the bundle metadata).
         hu_window: display window of the PNG images.
         num_slices: axial slices per PNG.
+        convention: ``"default"`` (Dice, Jaccard, HD95 and ASD in mm, missed organs without a distance) or
+            ``"synapse_tables"`` (Dice and HD95 in voxels as the published Synapse tables, HD95 0 for a
+            missed organ); see :mod:`dlka_monai.evaluation.metrics`.
+
+    Raises:
+        ValueError: for an unknown convention.
     """
 
     def __init__(
@@ -61,7 +93,11 @@ class MetricsWriter:
         class_names: Mapping,
         hu_window: tuple[float, float] = (-175, 250),
         num_slices: int = 3,
+        convention: str = "default",
     ) -> None:
+        if convention not in CONVENTIONS:
+            raise ValueError(f"unknown metric convention {convention!r}; choose one of {', '.join(CONVENTIONS)}.")
+        self.convention = convention
         self.output_dir = Path(output_dir)
         self.num_classes = num_classes
         self.class_names = {int(k): v for k, v in class_names.items()}
@@ -82,8 +118,9 @@ class MetricsWriter:
             label = item["label"]
             source = label.meta["filename_or_obj"]
             case = Path(source).name.split(".")[0]
+            _check_grid(case, item["pred"], label)
             spacing = _spacing(label.affine)
-            for row in case_metrics(item["pred"], label, self.num_classes, spacing):
+            for row in case_metrics(item["pred"], label, self.num_classes, spacing, self.convention):
                 self.rows.append({"case": case, "class": row["class"], "name": self.class_names.get(row["class"], ""), **row})
             self._png(case, item["pred"], label, item["image"].meta["filename_or_obj"])
 
@@ -105,10 +142,10 @@ class MetricsWriter:
     def completed(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.output_dir / "metrics.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=["case", "class", "name", *METRICS])
+            writer = csv.DictWriter(f, fieldnames=["case", "class", "name", *CONVENTION_METRICS[self.convention]])
             writer.writeheader()
             writer.writerows(self.rows)
-        summary = summarize(self.rows, self.class_names, SYNAPSE_8_ORGANS)
+        summary = summarize(self.rows, self.class_names, SYNAPSE_8_ORGANS, self.convention)
         text = json.dumps(summary, indent=2, default=lambda v: None)
         # JSON has no NaN: write null
         (self.output_dir / "summary.json").write_text(text.replace("NaN", "null"), encoding="utf-8")
