@@ -18,12 +18,12 @@ that MONAI evaluates when the bundle runs), e.g. ``--set val_interval=5``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import shutil
 import sys
 import zipfile
+from argparse import RawDescriptionHelpFormatter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from monai.config import PathLike
 
 import dlka_monai
 from dlka_monai.bundle_files import bundle_root
+from dlka_monai.cli import ArgumentParser
 from dlka_monai.networks import get_preset, list_networks
 from dlka_monai.plan import preset_plan, write_plan_file
 from dlka_monai.weights import read_model
@@ -275,8 +276,8 @@ def pack_bundle(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit status (1 with a one-line error, no traceback)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dlka_monai.bundle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = ArgumentParser(
+        prog="python -m dlka_monai.bundle", description=__doc__, formatter_class=RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
     pack = sub.add_parser("pack", help="pack a self-contained bundle of one model or network preset")

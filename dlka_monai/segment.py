@@ -13,11 +13,11 @@ the input's space: same shape, affine and orientation.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import shutil
 import sys
 import tempfile
+from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from ignite.handlers import ProgressBar
 from monai.bundle import ConfigWorkflow
 
 from dlka_monai.bundle_files import bundle_root
+from dlka_monai.cli import ArgumentParser
 from dlka_monai.data import NIFTI_SUFFIXES, InvalidInputError, SITKReader, check_output_dir, inference_datalist
 from dlka_monai.plan import class_names
 from dlka_monai.weights import model_files, model_plan
@@ -161,7 +162,7 @@ def segment(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dlka-segment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="dlka-segment", description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("-i", "--input", required=True, help="NIfTI file, folder of NIfTI files, DICOM series folder, or glob")
     parser.add_argument("-o", "--output", required=True, help="output .nii.gz file (one input) or folder")
     parser.add_argument(

@@ -337,6 +337,8 @@ def inference_datalist(
     split: str = "test",
     series_uid: str | None = None,
     check: bool = True,
+    fold: int | None = None,
+    num_folds: int = 5,
 ) -> list[dict[str, str]]:
     """The images to segment, as ``[{"image": path}, ...]`` (other keys of datalist entries are kept).
 
@@ -347,23 +349,24 @@ def inference_datalist(
         split: ``"test"``, ``"validation"`` or ``"training"``.
         series_uid: the DICOM series to read from a folder holding several.
         check: check every image with :func:`dlka_monai.data.check_image` first.
+        fold, num_folds: the cross-validation fold whose ``split`` list is wanted (see :func:`load_datalist`).
 
     Raises:
         FileNotFoundError: nothing matches ``input``.
         ValueError: neither ``input`` nor a dataset is given.
         InvalidInputError: an image is unusable (the message names it and the problem).
     """
-    entries = _inference_entries(input, dataset_dir, datalist, split)
+    entries = _inference_entries(input, dataset_dir, datalist, split, fold, num_folds)
     if check:
         check_datalist([{"image": e["image"]} for e in entries], series_uid=series_uid)
     return entries
 
 
-def _inference_entries(input, dataset_dir, datalist, split: str) -> list[dict[str, str]]:
+def _inference_entries(input, dataset_dir, datalist, split: str, fold: int | None, num_folds: int) -> list[dict[str, str]]:
     if input is None:
         if dataset_dir is None and datalist is None:
             raise ValueError("nothing to segment: give input (a file, folder or glob) or dataset_dir / datalist.")
-        entries = load_datalist(dataset_dir=dataset_dir, datalist=datalist, check=False)[split]
+        entries = load_datalist(dataset_dir=dataset_dir, datalist=datalist, check=False, fold=fold, num_folds=num_folds)[split]
         if not entries:
             raise ValueError(f"the {split!r} list of the dataset is empty.")
         return entries
