@@ -15,6 +15,7 @@ from monai.transforms import (
     MapTransform,
     NormalizeIntensityd,
     Orientationd,
+    ScaleIntensityd,
     ScaleIntensityRanged,
 )
 from monai.utils import ensure_tuple
@@ -23,10 +24,12 @@ from dlka_monai.inference.transforms import SafeSpacingd
 
 __all__ = ["NORMALIZATION_SCHEMES", "RAS_LABELS", "intensity_transform", "foreground_select", "load_transforms"]
 
-NORMALIZATION_SCHEMES = ("window", "ct", "zscore")
+NORMALIZATION_SCHEMES = ("window", "ct", "zscore", "minmax")
 """``window``: ``a_min .. a_max`` mapped to ``[0, 1]`` and clipped (the authors' CT preprocessing);
 ``ct``: clipped to ``clip`` then z-scored with the dataset's ``mean`` and ``std`` (nnU-Net's CT scheme);
-``zscore``: z-scored per image (nnU-Net's scheme for MR and other non-CT images)."""
+``zscore``: z-scored per image (nnU-Net's scheme for MR and other non-CT images);
+``minmax``: each image's own minimum .. maximum, over all channels, mapped to ``b_min .. b_max`` (the
+authors' preprocessing of RGB photographs, with ``0 .. 255``)."""
 
 # MONAI's Orientation labels, pinned against its announced change of default: RAS means patient right,
 # anterior, superior, as in nibabel and ITK's RAS affines
@@ -47,6 +50,8 @@ def intensity_transform(keys: KeysCollection, normalization: Mapping[str, Any]) 
         return ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=(lo - mean) / std, b_max=(hi - mean) / std, clip=True)
     if scheme == "zscore":
         return NormalizeIntensityd(keys, channel_wise=True)
+    if scheme == "minmax":
+        return ScaleIntensityd(keys, minv=float(normalization["b_min"]), maxv=float(normalization["b_max"]))
     raise ValueError(f"unknown normalization scheme {scheme!r}; known: {', '.join(NORMALIZATION_SCHEMES)}.")
 
 

@@ -8,7 +8,14 @@ from dlka_monai.networks.nets.dlka_net_2d import DLKANet2D
 from dlka_monai.networks.nets.dlka_net_3d import DLKANet3D
 from dlka_monai.networks.registry import Preset, register_preset
 
-__all__ = ["BTCV_CLASS_NAMES", "SYNAPSE_8_CLASS_NAMES", "dlka3d_synapse", "dlka3d_pancreas", "dlka2d_synapse"]
+__all__ = [
+    "BTCV_CLASS_NAMES",
+    "SYNAPSE_8_CLASS_NAMES",
+    "dlka3d_synapse",
+    "dlka3d_pancreas",
+    "dlka2d_synapse",
+    "dlka2d_skin",
+]
 
 BTCV_CLASS_NAMES: dict[int, str] = {
     0: "background",
@@ -81,6 +88,30 @@ dlka2d_synapse = register_preset(
         class_names=SYNAPSE_8_CLASS_NAMES,
         description="Synapse multi-organ CT, 2D slices: 8 organs plus background, 224×224 inputs, MaxViT-S "
         "encoder (78,583,005 parameters); pass pretrained_encoder=PATH to start from local ImageNet weights",
+        init_only=("pretrained_encoder",),
+    )
+)
+
+dlka2d_skin = register_preset(
+    Preset(
+        name="dlka2d_skin",
+        network=DLKANet2D,
+        # two classes with softmax rather than the authors' one sigmoid channel: the same model (a softmax over
+        # two logits is the sigmoid of their difference, so cross-entropy is their BCE), and it fits the plans,
+        # the argmax post-processing and the Dice metrics of the other presets
+        args=dict(in_channels=3, out_channels=2, img_size=224, encoder="maxvit_rmlp_small_rw_224"),
+        spatial_dims=2,
+        modality="RGB",
+        # photographs: no orientation, no physical spacing; images are resized to img_size instead
+        axcodes=None,
+        pixdim=None,
+        # the authors' input: each image min-max stretched to 0..255 (their dataset z-score followed by a
+        # per-image min-max is that stretch)
+        normalization={"scheme": "minmax", "b_min": 0.0, "b_max": 255.0},
+        class_names={0: "background", 1: "lesion"},
+        description="Skin lesions in dermoscopic RGB photographs (ISIC 2017, ISIC 2018, PH2): lesion plus "
+        "background, 224×224 inputs, MaxViT-S encoder (78,582,326 parameters); pass pretrained_encoder=PATH to "
+        "start from local ImageNet weights",
         init_only=("pretrained_encoder",),
     )
 )
