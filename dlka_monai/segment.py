@@ -1,10 +1,12 @@
 # Copyright (c) dlka_monai contributors. Licensed under the Apache License, Version 2.0.
-"""``dlka-segment``: segment CT volumes from the command line with the bundle's inference config.
+"""``dlka-segment``: segment CT volumes from the command line with the bundle's inference config, or
+dermoscopic photographs (JPG, PNG, BMP) with a skin model.
 
     dlka-segment -i scan.nii.gz -o scan_seg.nii.gz
     dlka-segment -i scans/ -o segmentations/ --model pancreas --tta
     dlka-segment -i dicom_series_folder/ -o out/ --model /path/to/bundle_or_model.pt
     dlka-segment -i scan.nii.gz -o scan_seg.nii.gz --model 'models/fold_*/model.pt'   # ensemble of folds
+    dlka-segment -i photos/ -o masks/ --model models/skin/model.pt   # lesion masks, PNG at each photo's size
 
 The model's plan (stored with its weights) gives the network, the preprocessing and the class names, so
 any model the bundle trained, or the packer packed, segments as it is. The label maps (uint8 NIfTI) are in
@@ -29,7 +31,7 @@ from dlka_monai.bundle_files import bundle_root
 from dlka_monai.cli import ArgumentParser
 from dlka_monai.data import NIFTI_SUFFIXES, InvalidInputError, SITKReader, check_output_dir, inference_datalist
 from dlka_monai.plan import class_names
-from dlka_monai.weights import model_files, model_plan
+from dlka_monai.weights import load_model, model_files, model_plan
 
 __all__ = ["MODEL_NAMES", "main", "resolve_model", "segment"]
 
@@ -107,7 +109,10 @@ def segment(
         SegmentError, InvalidInputError: with a one-line message.
     """
     root, ckpt = resolve_model(model)
-    names = class_names(model_plan(model_files(ckpt)[0]))
+    plan = model_plan(model_files(ckpt)[0])
+    if plan["spatial_dims"] == 2 and plan["axcodes"] is None:
+        return _segment_photos(input, output, ckpt, plan, device)
+    names = class_names(plan)
     try:
         cases = inference_datalist(input=input, series_uid=series)
     except FileNotFoundError as e:
@@ -161,9 +166,30 @@ def segment(
     return written
 
 
+def _segment_photos(input: str, output: str, ckpt: Path, plan: dict, device: str) -> list[Path]:
+    """A photograph model (e.g. ``dlka2d_skin``): binary mask PNGs at the inputs' own sizes in ``output``."""
+    from dlka_monai.inference.skin import image_files, segment_images
+
+    if glob.has_magic(str(ckpt)):
+        raise SegmentError(f"--model {ckpt}: ensembles of photograph models are not supported; give one model.")
+    files = image_files(input)
+    if Path(output).suffix:
+        raise SegmentError(f"-o {output}: give a folder for the masks of a photograph model.")
+    check_output_dir(output)
+    network, _ = load_model(ckpt)
+    device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    written = segment_images(files, network, output, plan["normalization"], device=device)
+    for image, mask in zip(files, written):
+        print(f"{image.name} -> {mask}", flush=True)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="dlka-segment", description=__doc__, formatter_class=RawDescriptionHelpFormatter)
-    parser.add_argument("-i", "--input", required=True, help="NIfTI file, folder of NIfTI files, DICOM series folder, or glob")
+    parser.add_argument(
+        "-i", "--input", required=True,
+        help="NIfTI file, folder of NIfTI files, DICOM series folder, or glob; for a photograph model a JPG, PNG or BMP image or a folder of them",
+    )
     parser.add_argument("-o", "--output", required=True, help="output .nii.gz file (one input) or folder")
     parser.add_argument(
         "--model",

@@ -205,7 +205,8 @@ def test_tiny_training_step_through_the_skin_overlay(tmp_path):
     root = _isic2018(tmp_path / "isic18", n=6)
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "skin.json")])
-    parser.update({"dataset_dir": str(root), "bundle_root": str(tmp_path), "batch_size": 2, **TINY_SKIN, "device": "cpu"})
+    tiny = {"img_size": TINY_SKIN["img_size"], "network_def#encoder": TINY_SKIN["encoder"]}
+    parser.update({"dataset_dir": str(root), "bundle_root": str(tmp_path), "batch_size": 2, **tiny, "device": "cpu"})
     loader = parser.get_parsed_content("train#dataloader")
     net, loss_fn, opt = (parser.get_parsed_content(k) for k in ("network", "loss", "optimizer"))
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 1e-4
@@ -322,3 +323,23 @@ def test_evaluate_model_on_a_test_split(tmp_path):
     assert summary["images"] == 2 and summary["pooled"]["dice"] > 0.95
     assert sorted(p.name for p in (tmp_path / "test" / "masks").iterdir()) == ["ISIC_0000008_segmentation.png", "ISIC_0000009_segmentation.png"]
     assert len(list((tmp_path / "test" / "overlays").glob("*.png"))) == 2
+
+
+def test_dlka_segment_writes_lesion_masks_of_a_skin_model(tmp_path, capsys):
+    from conftest import save_tiny_model
+
+    from dlka_monai.segment import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sizes = {"a.jpg": (52, 40), "b.bmp": (47, 33)}
+    for name, size in sizes.items():
+        _photo(folder / name, size=size)
+    model = tmp_path / "skin.pt"
+    save_tiny_model(model, "dlka2d_skin", **TINY_SKIN)
+    assert main(["-i", str(folder), "-o", str(tmp_path / "masks"), "--model", str(model)]) == 0
+    out = capsys.readouterr().out
+    for name, (w, h) in sizes.items():
+        mask = tmp_path / "masks" / f"{Path(name).stem}_segmentation.png"
+        assert f"{name} -> {mask}" in out
+        assert np.asarray(Image.open(mask)).shape == (h, w)
