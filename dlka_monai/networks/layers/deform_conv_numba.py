@@ -249,18 +249,18 @@ class _DeformConv3dNumbaFn(torch.autograd.Function):
             for start in range(0, n_out, chunk):
                 n = min(chunk, n_out - start)
                 g_rows = grad_out[b, :, start : start + n].t()  # [n, C_out]
+                cols_np = cols[:n].view(n, n_points, in_ch).numpy()
+                grad_cols_np = grad_cols[:n].view(n, n_points, in_ch).numpy()
                 if need_x or need_off:
                     torch.mm(g_rows, w_rows, out=grad_cols[:n])
                 if need_off:
-                    _offset_grad(
-                        table, off, b, start, grad_cols[:n].view(n, n_points, in_ch).numpy(), grad_off.numpy(), cols[:n].view(n, n_points, in_ch).numpy(), need_w, *geo.args()
-                    )
+                    _offset_grad(table, off, b, start, grad_cols_np, grad_off.numpy(), cols_np, need_w, *geo.args())
                 elif need_w:
-                    _forward_cols(table, off, b, start, cols[:n].view(n, n_points, in_ch).numpy(), *geo.args())
+                    _forward_cols(table, off, b, start, cols_np, *geo.args())
                 if need_w:
                     grad_w_rows.addmm_(g_rows.t(), cols[:n])
                 if need_x:
-                    _input_grad(off, b, start, grad_cols[:n].view(n, n_points, in_ch).numpy(), grad_table.numpy(), n_blocks, *geo.args())
+                    _input_grad(off, b, start, grad_cols_np, grad_table.numpy(), n_blocks, *geo.args())
             if need_x:
                 grad_input[b].copy_(grad_table.view(*(s + 2 for s in size), in_ch)[1:-1, 1:-1, 1:-1].permute(3, 0, 1, 2))
         grad_weight = None
