@@ -12,8 +12,9 @@ installed. Per chunk of output voxels and per image:
   weight gradient needs them: ``grad_weight += grad_out^T @ cols``, a GEMM); another scatters the
   input gradient, partitioned over channel blocks so that no two threads write the same element.
 
-Sampling follows the pure-PyTorch fast path exactly (same clamping into the one-voxel zero padding,
-same float operations for the positions). The kernels read and write the tensors' memory through
+Sampling follows the pure-PyTorch fast path's rule (the same clamping into the one-voxel zero padding,
+the positions computed in the offsets' precision; the trilinear weights are formed in float64 and
+rounded to the input's dtype). The kernels read and write the tensors' memory through
 zero-copy NumPy views; the only copies are the padded channels-last input table and its gradient.
 numba compiles them on first use per dtype and caches the machine code (``cache=True``).
 """
