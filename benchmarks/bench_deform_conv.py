@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dlka_monai.networks import DeformConv3d
+from dlka_monai.networks.layers.deform_conv_fast import numba_kernels
 
 # (channels, spatial size) of the four encoder stages of dlka3d_synapse (input 64×128×128, patch 2×4×4)
 STAGES = [(32, (32, 32, 32)), (64, (16, 16, 16)), (128, (8, 8, 8)), (256, (4, 4, 4))]
@@ -42,7 +43,9 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     rows = []
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} {platform.processor()}")
+    kernels = numba_kernels() if device.type == "cpu" else None
+    path = f"numba {kernels.numba.__version__}" if kernels else "pure PyTorch"
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} {platform.processor()} deform={path}")
     print(f"{'C':>4} {'size':>10} {'conv fwd ms':>12} {'deform fwd x':>13} {'conv f+b ms':>12} {'deform f+b x':>13}")
     for channels, size in STAGES:
         x = torch.randn(1, channels, *size, device=device, requires_grad=True)
@@ -80,7 +83,7 @@ def main() -> None:
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=str(device), torch=torch.__version__, rows=rows), f, indent=2)
+            json.dump(dict(device=str(device), torch=torch.__version__, deform=path, rows=rows), f, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Slow ops of the D-LKA block vs ``nn.Conv3d(C, C, 3, padding=1)`` at the four stage shapes (batch 1).
 
-Ops: reference ``deform_conv3d`` (pure autograd), ``deform_conv3d_fast`` (custom autograd function),
+Ops: reference ``deform_conv3d`` (pure autograd), ``deform_conv3d_fast`` (the default: numba kernels on
+CPU when numba is installed), its pure-PyTorch autograd function (``deform_torch``),
 the depthwise 7^3 dilation-3 conv as plain ``nn.Conv3d`` and as ``FastDilatedDepthwiseConv3d``.
 For each: forward and forward+backward time divided by those of the dense 3^3 conv (best of
 ``--repeats``, all in this one run), and the bytes autograd saves for backward (summed with
@@ -20,7 +21,12 @@ import torch
 from torch import nn
 
 from dlka_monai.networks.layers.deform_conv import deform_conv3d
-from dlka_monai.networks.layers.deform_conv_fast import FastDilatedDepthwiseConv3d, deform_conv3d_fast
+from dlka_monai.networks.layers.deform_conv_fast import (
+    FastDilatedDepthwiseConv3d,
+    _DeformConv3dFn,
+    deform_conv3d_fast,
+    numba_kernels,
+)
 
 STAGES = [(32, (32, 32, 32)), (64, (16, 16, 16)), (128, (8, 8, 8)), (256, (4, 4, 4))]
 
@@ -57,6 +63,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--stages", default="0,1,2,3", help="indices into the stage list")
+    parser.add_argument("--ops", default=None, help="comma-separated subset of the ops (conv3x3 always runs)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
     if args.threads:
@@ -65,7 +72,9 @@ def main() -> None:
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     torch.manual_seed(0)
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} {platform.processor()}")
+    kernels = numba_kernels() if device.type == "cpu" else None
+    default_path = f"numba {kernels.numba.__version__}" if kernels else "pure PyTorch"
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} {platform.processor()} deform_fast={default_path}")
     head = f"{'C':>4} {'size':>8} {'op':>14} {'fwd ms':>9} {'fwd x':>7} {'f+b ms':>9} {'f+b x':>7} {'saved MiB':>10}"
     if cuda:
         head += f" {'peak MiB':>9}"
@@ -85,9 +94,13 @@ def main() -> None:
             "conv3x3": lambda: conv(x),
             "deform_ref": lambda: deform_conv3d(x, offset, weight, bias, 1, 1),
             "deform_fast": lambda: deform_conv3d_fast(x, offset, weight, bias, 1, 1),
+            "deform_torch": lambda: _DeformConv3dFn.apply(x, offset, weight, bias, (1,) * 3, (1,) * 3, (1,) * 3),
             "dw7_dil3": lambda: dw(x),
             "dw7_dil3_fast": lambda: dw_fast(x),
         }
+        if args.ops:
+            keep = {"conv3x3", *args.ops.split(",")}
+            ops = {k: v for k, v in ops.items() if k in keep}
         base = {}
         for name, fwd in ops.items():
             with torch.no_grad():
@@ -127,7 +140,9 @@ def main() -> None:
                 line += f" {peak / 2**20:>9.1f}"
             print(line, flush=True)
     if args.json:
-        meta = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(), repeats=args.repeats)
+        meta = dict(
+            device=str(device), torch=torch.__version__, threads=torch.get_num_threads(), repeats=args.repeats, deform_fast=default_path
+        )
         with open(args.json, "w") as f:
             json.dump(dict(meta=meta, results=results), f, indent=1)
 

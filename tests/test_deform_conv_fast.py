@@ -5,6 +5,7 @@ import torch
 
 from dlka_monai.networks.layers.deform_conv import deform_conv3d
 from dlka_monai.networks.layers import DeformConv3d
+from dlka_monai.networks.layers import deform_conv_fast
 from dlka_monai.networks.layers.deform_conv_fast import (
     FastDilatedDepthwiseConv3d,
     deform_conv3d_fast,
@@ -31,6 +32,14 @@ def _case(batch, cin, cout, size, kernel, stride, padding, dilation, groups=1, d
     return x, off, w, b, (st, pd, dl, groups)
 
 
+@pytest.fixture(params=["default", "pytorch"])
+def cpu_path(request, monkeypatch):
+    """Run a test on the default CPU path (numba kernels when installed) and on the pure-PyTorch one."""
+    if request.param == "pytorch":
+        monkeypatch.setattr(deform_conv_fast, "numba_kernels", lambda: None)
+    return request.param
+
+
 CASES = [
     (2, 5, 7, (6, 7, 8), 3, 1, 1, 1),
     (1, 4, 3, (7, 6, 9), 3, 2, 0, 1),
@@ -40,7 +49,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_matches_reference_forward_and_backward(case):
+def test_matches_reference_forward_and_backward(case, cpu_path):
     torch.manual_seed(0)
     x, off, w, b, (st, pd, dl, groups) = _case(*case)
     ref = deform_conv3d(x, off, w, b, st, pd, dl, groups)
@@ -54,7 +63,7 @@ def test_matches_reference_forward_and_backward(case):
         assert _close(a, r), f"grad {name}: {(a - r).abs().max().item()}"
 
 
-def test_large_offsets_and_partial_grads():
+def test_large_offsets_and_partial_grads(cpu_path):
     torch.manual_seed(1)
     x, off, w, b, (st, pd, dl, _) = _case(1, 3, 2, (5, 6, 4), 3, 1, 1, 1, amp=8.0)  # many samples fully outside
     ref = deform_conv3d(x, off, w, None, st, pd, dl)
@@ -77,7 +86,7 @@ def test_stage_like_shape_zero_offset_equals_conv():
     assert (out - conv(x)).abs().max().item() <= 1e-5
 
 
-def test_gradcheck_float64():
+def test_gradcheck_float64(cpu_path):
     torch.manual_seed(3)
     x, off, w, b, (st, pd, dl, _) = _case(1, 2, 2, (3, 4, 3), 2, 1, 1, 1, dtype=torch.float64, amp=1.5)
     assert torch.autograd.gradcheck(

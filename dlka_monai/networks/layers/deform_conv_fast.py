@@ -16,12 +16,18 @@ outside the volume contribute zero, no mask) but is a :class:`torch.autograd.Fun
   into the offset gradient with the derivatives of the trilinear weights, and scatters the input
   gradient with one ``index_add_`` per corner and chunk (weighted rows built in a reused buffer).
 
+On CPU, when numba is installed, :func:`deform_conv3d_fast` runs the compiled kernels of
+:mod:`~dlka_monai.networks.layers.deform_conv_numba` instead (same semantics, the corners kept in
+registers); this module's autograd function is the fallback (and the CUDA path).
+
 Also here: :func:`dilated_depthwise_conv3d` / :class:`FastDilatedDepthwiseConv3d` for the depthwise
 ``7^3``, dilation-3 convolution of the D-LKA attention block (see their docstrings).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -35,9 +41,23 @@ from dlka_monai.networks.layers.deform_conv import _check_args, _out_size, defor
 
 __all__ = ["deform_conv3d_fast", "dilated_depthwise_conv3d", "FastDilatedDepthwiseConv3d"]
 
+_logger = logging.getLogger(__name__)
+
 # number of elements (rows * channels) of one chunk of sampled columns
 _CHUNK_ELEMS_CPU = 1 << 21
 _CHUNK_ELEMS_CUDA = 1 << 26
+
+
+@functools.cache
+def numba_kernels():
+    """The numba CPU kernels module, or None when numba cannot be imported; logs once which CPU path runs."""
+    try:
+        from dlka_monai.networks.layers import deform_conv_numba
+    except ImportError as e:
+        _logger.info(f"deform_conv3d on CPU: pure-PyTorch path (numba unavailable: {e}); pip install 'dlka_monai[numba]'")
+        return None
+    _logger.info(f"deform_conv3d on CPU: numba {deform_conv_numba.numba.__version__} kernels")
+    return deform_conv_numba
 
 
 def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -265,6 +285,9 @@ def deform_conv3d_fast(
     and returned in the input's dtype: the sampling positions need float32 anyway, and the reference
     path would keep all sampled columns for backward. Falls back to the reference ``deform_conv3d``
     (pure autograd), with a warning, for ``groups != 1`` and other dtypes.
+
+    CPU tensors run numba kernels when numba is installed (:func:`numba_kernels`), else the
+    pure-PyTorch autograd function of this module, which CUDA tensors always use.
     """
     stride, padding, dilation = _triple(stride), _triple(padding), _triple(dilation)
     if input.dtype in (torch.float16, torch.bfloat16) or (input.is_floating_point() and weight.dtype != input.dtype):
@@ -283,6 +306,8 @@ def deform_conv3d_fast(
         return deform_conv3d(input, offset, weight, bias, stride, padding, dilation, groups)
     # plain tensors inside the autograd function: MONAI's MetaTensor overrides methods like new_empty
     input, offset, weight = (_plain(t).contiguous() for t in (input, offset, weight))
+    if input.device.type == "cpu" and (kernels := numba_kernels()) is not None:
+        return kernels.deform_conv3d_numba(input, offset, weight, _plain(bias), stride, padding, dilation)
     return _DeformConv3dFn.apply(input, offset, weight, _plain(bias), stride, padding, dilation)
 
 
