@@ -1,5 +1,21 @@
 from .checkpoints import TrainingCheckpointer, latest_checkpoint
+from .class_dice import PerClassDice
 from .handlers import LrLogger, NonFiniteLossGuard
 from .optim import build_optimizer
+from .overlay import ValidationOverlay
+from .plot import ProgressPlot, plot_progress
+from .progress import TrainingLog, load_history
 
-__all__ = ["build_optimizer", "latest_checkpoint", "TrainingCheckpointer", "LrLogger", "NonFiniteLossGuard"]
+__all__ = [
+    "build_optimizer",
+    "latest_checkpoint",
+    "TrainingCheckpointer",
+    "LrLogger",
+    "NonFiniteLossGuard",
+    "PerClassDice",
+    "TrainingLog",
+    "load_history",
+    "ProgressPlot",
+    "plot_progress",
+    "ValidationOverlay",
+]

@@ -211,7 +211,7 @@ class TrainingCheckpointer:
         # temporary files of runs killed while saving (only rank 0 writes, so none is being written now)
         for leftover in self.save_dir.glob(".checkpoint_epoch=*.tmp"):
             leftover.unlink(missing_ok=True)
-        logger.info(f"saved {path}")
+        logger.debug(f"saved {path}")
 
     def _save_best(self, evaluator: Engine) -> None:
         state = evaluator.state
@@ -220,7 +220,7 @@ class TrainingCheckpointer:
         self.save_dir.mkdir(parents=True, exist_ok=True)
         atomic_save(self.network.state_dict(), self.save_dir / self.best_filename)
         self._best_saved_epoch = state.epoch
-        logger.info(f"saved {self.save_dir / self.best_filename} (best {state.best_metric:.4f} at epoch {state.epoch})")
+        logger.debug(f"saved {self.save_dir / self.best_filename} (best {state.best_metric:.4f} at epoch {state.epoch})")
 
     def load(self, engine: Engine) -> None:
         """Restore the newest checkpoint of ``save_dir`` into the network, optimizer, scheduler, scaler,
