@@ -25,7 +25,8 @@ class ValidationOverlay:
     and the patient's right on the viewer's left (``dlka_monai.evaluation.writer.radiological_slices``).
 
     The case is taken from the evaluator's output: ``image`` (intensities scaled to [0, 1], with its
-    affine), ``pred`` and ``label`` (one-hot or label maps, channel first) in the validation space.
+    affine), ``pred`` and ``label`` (one-hot or label maps, channel first) in the validation space;
+    3D cases only (validation on 2D slices writes no picture).
 
     Args:
         evaluator: the validation engine.
@@ -48,6 +49,8 @@ class ValidationOverlay:
     def _keep(self, evaluator: Engine) -> None:
         item = evaluator.state.output[0]
         image = item["image"]
+        if image.ndim != 4:  # 2D validation slices (the 2D net's .npz data) have no axial stack to show
+            return
         affine = image.affine if isinstance(image, MetaTensor) else np.eye(4)
 
         def plain(t):  # a plain tensor, so that the MetaTensor below takes this affine without a warning
