@@ -107,8 +107,9 @@ def test_progress_plot_and_overlay(tmp_path):
     plot = np.asarray(Image.open(tmp_path / "progress.png").convert("RGB"))
     assert plot.shape == (700, 900, 3) and len(np.unique(plot.reshape(-1, 3), axis=0)) > 20
     picture = np.asarray(Image.open(tmp_path / "validation_overlay.png").convert("RGB"))
-    # 3 axial slices of image | label | prediction; RAS (x 16, y 16) shown as (y rows, x columns)
-    assert picture.shape == (3 * 16, 3 * 16, 3)
+    # 3 axial slices of image | label | prediction; RAS (x 16, y 16) shown as (y rows, x columns), enlarged 16x
+    assert picture.shape == (3 * 16 * 16, 3 * 16 * 16, 3)
+    picture = picture[::16, ::16]
     image, label, pred = overlay.case
     assert image.shape == label.shape == pred.shape == (16, 16, 8)
     # the kept case is the first validation case, reoriented from its LPS-like voxel axes to RAS

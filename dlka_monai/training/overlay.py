@@ -33,12 +33,15 @@ class ValidationOverlay:
         log_dir: output folder.
         filename: PNG file name.
         num_slices: axial slices (rows) in the picture.
+        min_width: the picture is enlarged by a whole factor (nearest neighbour) to at least this many pixels
+            across, as coarse validation grids give small pictures.
     """
 
-    def __init__(self, evaluator: Engine, log_dir: str | os.PathLike, filename: str = "validation_overlay.png", num_slices: int = 3) -> None:
+    def __init__(self, evaluator: Engine, log_dir: str | os.PathLike, filename: str = "validation_overlay.png", num_slices: int = 3, min_width: int = 768) -> None:
         self.evaluator = evaluator
         self.path = Path(log_dir) / filename
         self.num_slices = num_slices
+        self.min_width = min_width
         self.case: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
 
@@ -72,5 +75,6 @@ class ValidationOverlay:
         image, label, pred = self.case
         gray = (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
         panel = radiological_slices(gray, label.astype(np.int64), pred.astype(np.int64), self.num_slices)
+        factor = max(1, -(-self.min_width // panel.shape[1]))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(panel).save(self.path)
+        Image.fromarray(panel).resize((panel.shape[1] * factor, panel.shape[0] * factor), Image.NEAREST).save(self.path)
