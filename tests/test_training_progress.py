@@ -34,7 +34,7 @@ def _cases(n):
     return cases
 
 
-def _train(log_dir, max_epochs, resume_from=0):
+def _train(log_dir, max_epochs, resume_from=0, decollate=True):
     torch.manual_seed(0)
     net = torch.nn.Conv3d(1, NUM_CLASSES, 3, padding=1)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
@@ -56,6 +56,7 @@ def _train(log_dir, max_epochs, resume_from=0):
         network=net,
         optimizer=optimizer,
         loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
+        decollate=decollate,
         train_handlers=[
             ValidationHandler(validator=evaluator, interval=2, epoch_level=True),
             ProgressBar(persist=True),
@@ -70,8 +71,9 @@ def _train(log_dir, max_epochs, resume_from=0):
     return log, overlay
 
 
-def test_one_line_per_epoch_on_the_console_and_iterations_in_the_file(tmp_path, capsys):
-    log, _ = _train(tmp_path, max_epochs=4)
+@pytest.mark.parametrize("decollate", [False, True])  # the bundle's trainer does not decollate
+def test_one_line_per_epoch_on_the_console_and_iterations_in_the_file(tmp_path, capsys, decollate):
+    log, _ = _train(tmp_path, max_epochs=4, decollate=decollate)
     out, err = capsys.readouterr()
     lines = [line for line in out.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import from_engine
+from monai.utils import CommonKeys as Keys
 from tqdm import tqdm
 
 __all__ = ["TrainingLog", "load_history"]
@@ -33,6 +33,10 @@ def load_history(path: str | os.PathLike) -> list[dict]:
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _batch_loss(output: dict | list[dict]) -> torch.Tensor:
+    return (output[0] if isinstance(output, (list, tuple)) else output)[Keys.LOSS]
 
 
 class TrainingLog:
@@ -55,7 +59,8 @@ class TrainingLog:
         log_dir: folder of ``train.log`` and ``progress.json``.
         optimizer: its first parameter group's ``lr`` during the epoch is logged.
         evaluator: the validation engine; None if there is no validation.
-        output_transform: engine output (a dict, or a list of them when decollated) -> loss.
+        output_transform: engine output -> loss; default: the ``loss`` of the output dict, or of the first
+            dict of a decollated output (each holds the batch's loss).
         log_file: file name of the text log in ``log_dir``.
         class_prefix: the evaluator metrics named ``<class_prefix><class>`` are the per-class Dice.
     """
@@ -65,14 +70,14 @@ class TrainingLog:
         log_dir: str | os.PathLike,
         optimizer: torch.optim.Optimizer | None = None,
         evaluator: Engine | None = None,
-        output_transform: Callable = from_engine("loss", first=True),
+        output_transform: Callable | None = None,
         log_file: str = "train.log",
         class_prefix: str = "val_dice_",
     ) -> None:
         self.log_dir = Path(log_dir)
         self.optimizer = optimizer
         self.evaluator = evaluator
-        self.output_transform = output_transform
+        self.output_transform = output_transform or _batch_loss
         self.log_file = log_file
         self.class_prefix = class_prefix
         self.history: list[dict] = []
