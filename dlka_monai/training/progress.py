@@ -113,8 +113,9 @@ class TrainingLog:
         self._epoch_seconds = []
 
     def _epoch_started(self, engine: Engine) -> None:
-        if not self.history or self.history[-1]["epoch"] >= engine.state.epoch:
-            # first epoch of this run: a resumed run (the epoch is known only now) keeps the earlier records
+        if not self._epoch_seconds:
+            # the first epoch of this run: a resumed run (its epoch is known only now, after the checkpoint
+            # loader's STARTED handler) keeps the records of the epochs before it
             self.history = [r for r in load_history(self.history_path) if r["epoch"] < engine.state.epoch]
         self._losses = []
         self._validated = False
@@ -123,7 +124,7 @@ class TrainingLog:
         self._epoch_start = time.perf_counter()
 
     def _iteration_completed(self, engine: Engine) -> None:
-        loss = float(self.output_transform(engine.state.output))
+        loss = float(torch.as_tensor(self.output_transform(engine.state.output)).detach())
         self._losses.append(loss)
         step = (engine.state.iteration - 1) % engine.state.epoch_length + 1
         logger.debug(f"epoch {engine.state.epoch} iteration {step}/{engine.state.epoch_length} loss {loss:.4f}")
