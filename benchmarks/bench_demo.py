@@ -53,7 +53,13 @@ def matmul_gflops(threads: int = 2, n: int = 2048, repeats: int = 3) -> float:
 
 
 def scratch_copy(dest: Path) -> None:
-    ignore = shutil.ignore_patterns(".git", ".venv", "data", "models", "logs", "eval", "dist", "__pycache__", "*.egg-info")
+    """The repository without its outputs, so that the command starts as on a fresh clone."""
+    top_level = {".git", ".venv", "data", "models", "logs", "eval", "dist"}  # dlka_monai/data is code: top level only
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
+        return skipped | (top_level & set(names) if Path(folder) == ROOT else set())
+
     shutil.copytree(ROOT, dest, ignore=ignore, dirs_exist_ok=True)
 
 
