@@ -63,7 +63,8 @@ def test_cases(demo_dir):
         np.testing.assert_array_equal(np.unique(label), np.arange(14))
         counts = np.bincount(label.ravel(), minlength=14)
         assert counts[1:].min() >= 300, counts
-        assert abs(image[:10, :10].mean() + 1000) < 5 and image[:10, :10].max() < -900  # air in the corners
+        # air in the corners (shifted by up to 10 HU by the calibration, noise of up to 25 HU)
+        assert abs(image[:10, :10].mean() + 1000) < 15 and image[:10, :10].max() < -850
         assert (image > 500).sum() > 1000  # bone
         for value, hu in median_hu.items():
             # contrast phase (x 0.85-1.15 for enhancing organs) and calibration shift (+-10 HU) per case
