@@ -28,7 +28,7 @@ def plot_progress(history: Sequence[dict], path: str | os.PathLike) -> None:
     epochs = [r["epoch"] for r in history]
     validated = [r for r in history if "dice" in r]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, height_ratios=(2, 1))
-    top.plot(epochs, [r["loss"] for r in history], color="tab:blue", label="training loss")
+    top.plot(epochs, [r["loss"] for r in history], ".-", color="tab:blue", label="training loss")  # dots: one epoch shows
     top.set_ylabel("loss")
     dice_axis = top.twinx()
     classes = list(validated[-1]["class_dice"]) if validated else []
@@ -43,7 +43,7 @@ def plot_progress(history: Sequence[dict], path: str | os.PathLike) -> None:
     lines = top.get_legend_handles_labels()[0] + dice_axis.get_legend_handles_labels()[0]
     top.legend(lines, [line.get_label() for line in lines], loc="center right")
     top.grid(alpha=0.3)
-    bottom.plot(epochs, [r["lr"] for r in history], color="tab:orange")
+    bottom.plot(epochs, [r["lr"] for r in history], ".-", color="tab:orange")
     bottom.set_ylabel("learning rate")
     bottom.set_xlabel("epoch")
     bottom.grid(alpha=0.3)
