@@ -126,7 +126,7 @@ def test_train_2d_preprocessing_makes_mapped_2d_slices(tmp_path, demo_dataset):
 def test_train_and_infer_2d_on_demo_data(tmp_path, demo_dataset):
     args = ["--config_file", TRAIN_2D, "--bundle_root", str(tmp_path), "--demo_dir", str(demo_dataset), *TINY_2D]
     out = _run_bundle(["training", *args, "--max_epochs", "1", "--val_interval", "1"], cwd=tmp_path)
-    assert "Epoch[1] Complete" in out and "val_mean_dice" in out
+    assert "epoch 1/1" in out and " dice " in out
     model = tmp_path / "models" / "2d" / "model.pt"
     weights = torch.load(model, weights_only=True)
     assert weights["model"]["out.conv.conv.weight"].shape[0] == 9

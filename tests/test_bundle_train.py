@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import TINY_TRAIN_ARGS as TINY
 from dlka_monai.networks import get_preset
-from dlka_monai.training import latest_checkpoint
+from dlka_monai.training import latest_checkpoint, load_history
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "configs" / "train.json")
@@ -49,7 +49,7 @@ def test_train_config_has_the_properties_monai_tools_read(tmp_path, demo_dir):
     )
     workflow.initialize()
     assert workflow.check_properties() == []
-    assert workflow.max_epochs == 8 and len(workflow.train_dataset) == 4
+    assert workflow.max_epochs == 30 and len(workflow.train_dataset) == 4
     config = json.loads(Path(TRAIN).read_text())
     assert {"run", "training", "network", "network_def", "bundle_root", "dataset_dir", "device"} <= set(config)
 
@@ -77,7 +77,14 @@ def test_metadata_has_the_model_zoo_fields():
 def test_demo_training_learns_saves_and_resumes(tmp_path, demo_dir):
     args = ["--config_file", TRAIN, "--bundle_root", str(tmp_path), "--demo_dir", demo_dir, *TINY]
     out = _run_bundle([*args, "--max_epochs", "4", "--val_interval", "1"], cwd=tmp_path)
-    assert "Epoch[4] Complete" in out
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epoch_lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert all(" dice " in line and " ETA " in line for line in epoch_lines)
+    # per-iteration figures and ignite's engine messages stay off the console, in logs/train.log
+    assert "iteration" not in out and "Epoch[" not in out and "train_loss" not in out
+    assert (tmp_path / "logs" / "train.log").read_text().count(" iteration ") == 4 * 4
+    for picture in ("progress.png", "validation_overlay.png"):
+        assert (tmp_path / "logs" / picture).stat().st_size > 1000
 
     dice = _scalars(tmp_path / "logs", "val_mean_dice")
     assert sorted(dice) == [1, 2, 3, 4]
@@ -98,7 +105,9 @@ def test_demo_training_learns_saves_and_resumes(tmp_path, demo_dir):
 
     # resume: continues at epoch 5 instead of starting over
     out = _run_bundle([*args, "--max_epochs", "5", "--val_interval", "5", "--resume", "true"], cwd=tmp_path)
-    assert "Epoch[5] Complete" in out and "Epoch[1] Complete" not in out
+    assert "epoch 5/5" in out and "epoch 1/5" not in out
+    # the plot of the resumed run covers all five epochs
+    assert [r["epoch"] for r in load_history(tmp_path / "logs" / "progress.json")] == [1, 2, 3, 4, 5]
     resumed = torch.load(models / "checkpoint_epoch=5.pt", weights_only=True)
     assert resumed["trainer"]["iteration"] == 5 * epoch_length
     assert latest_checkpoint(models).endswith("checkpoint_epoch=5.pt")
@@ -117,7 +126,7 @@ def test_multi_gpu_config_runs_with_gloo_on_cpu(tmp_path, demo_dir):
     args = ["--config_file", config, "--bundle_root", str(tmp_path), "--demo_dir", demo_dir, *TINY]
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29517")
     out = _run_bundle([*args, "--max_epochs", "1", "--val_interval", "1"], cwd=tmp_path, launcher=launcher)
-    assert "Epoch[1] Complete" in out
+    assert out.count("epoch 1/1") == 1  # rank 0 alone prints
     # rank 0 alone saves the checkpoints
     assert (tmp_path / "models" / "checkpoint_epoch=1.pt").exists()
     assert (tmp_path / "models" / "model.pt").exists()
@@ -130,7 +139,7 @@ def test_pancreas_overlay_trains_on_demo_data(tmp_path, demo_dir):
     config = f"['{TRAIN}','{PANCREAS}']"
     args = ["--config_file", config, "--bundle_root", str(tmp_path), "--demo_dir", demo_dir, *TINY]
     out = _run_bundle([*args, "--max_epochs", "1", "--val_interval", "1"], cwd=tmp_path)
-    assert "Epoch[1] Complete" in out
+    assert "epoch 1/1" in out
     best = torch.load(tmp_path / "models" / "pancreas" / "model.pt", weights_only=True)
     assert best["model"]["out1.conv.conv.weight"].shape[0] == 2  # background + pancreas
     assert best["model"]["encoder.downsample_layers.0.0.conv.weight"].shape[2:] == (2, 2, 2)  # the Pancreas patch embedding
@@ -153,5 +162,5 @@ def test_pancreas_overlay_reads_the_authors_h5_folds(tmp_path):
     args = ["--config_file", config, "--bundle_root", str(tmp_path), "--dataset_dir", str(data), "--h5_fold", "0"]
     args += [*TINY, "--img_size", "[32,32,32]", "--max_epochs", "1", "--val_interval", "1", "--val_fraction", "0.34"]
     out = _run_bundle(args, cwd=tmp_path)
-    assert "Epoch[1] Complete" in out and "val_mean_dice" in out
+    assert "epoch 1/1" in out and " dice " in out
     assert (tmp_path / "models" / "pancreas" / "model.pt").exists()

@@ -47,9 +47,15 @@ DEMO_SPACING = (1.25, 1.25, 3.0)
 """Voxel size in mm, (x, y, z)."""
 NUM_DEMO_TEST_CASES = 2
 """The last cases go to the ``test`` list, the others to ``training``."""
+_GENERATOR_VERSION = 2  # in dataset.json: a dataset written by an earlier generator is rewritten
 
 _DEFORM = 0.15  # amplitude of the random boundary deformation, in units of the organ's size
-_NOISE_HU = 15.0
+# per case, as between scans: the contrast phase scales the enhancing organs' HU, the scanner's calibration
+# shifts all HU, and the noise level differs
+_ENHANCEMENT = (0.85, 1.15)
+_ENHANCING = (1, 2, 3, 6, 8, 9, 10, 11, 12, 13)  # not bile (4), stomach content (7), esophagus (5)
+_HU_SHIFT = 10.0
+_NOISE_HU = (10.0, 25.0)
 
 # The anatomy, in RAS mm relative to the volume centre (+x patient right, +y anterior, +z superior),
 # painted in this order so that later structures overwrite earlier ones where they touch.
@@ -176,9 +182,15 @@ def _synthesise_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     for value, hu, kind, geometry, size in _ORGANS:
         geometry, size = _jitter(rng, body_scale, kind, geometry, size)
         _paint_organ(rng, image, label, inside, value, hu, kind, geometry, size)
+    # drawn after the anatomy, which therefore does not depend on them
+    enhancement = rng.uniform(*_ENHANCEMENT)
+    for value, hu, *_ in _ORGANS:
+        if value in _ENHANCING:
+            image[(label == value) & (image == np.float32(hu))] = hu * enhancement
+    shift, noise = rng.uniform(-_HU_SHIFT, _HU_SHIFT), rng.uniform(*_NOISE_HU)
 
     image = ndimage.gaussian_filter(image, sigma=(0.6, 0.6, 0.3))  # partial-volume blur at boundaries
-    image += rng.normal(0.0, _NOISE_HU, DEMO_SHAPE).astype(np.float32)
+    image += shift + rng.normal(0.0, noise, DEMO_SHAPE).astype(np.float32)
     return np.clip(np.rint(image), -1024, 3071).astype(np.int16), label
 
 
@@ -210,7 +222,7 @@ def _complete_dataset(out_dir: Path, num_cases: int, seed: int) -> bool:
         entries = meta["training"] + meta["test"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    if meta.get("seed") != seed or len(entries) != num_cases:
+    if meta.get("seed") != seed or meta.get("generator") != _GENERATOR_VERSION or len(entries) != num_cases:
         return False
     return all((out_dir / e[k]).is_file() for e in entries for k in ("image", "label"))
 
@@ -220,7 +232,8 @@ def generate_demo_dataset(out_dir: PathLike, num_cases: int = 8, seed: int = 0) 
 
     Each case is a ``(240, 192, 48)`` volume of ``(1.25, 1.25, 3.0)`` mm voxels: an int16 image in HU
     (air, a body of fat with a muscle rim, a vertebra, and the 13 BTCV organs as randomly deformed
-    ellipsoids and tubes at roughly their anatomical positions, plus Gaussian noise) and a uint8 label
+    ellipsoids and tubes at roughly their anatomical positions; per case, the enhancing organs' HU scaled
+    by 0.85-1.15 (contrast phase), all HU shifted by up to 10 and Gaussian noise of 10-25 HU) and a uint8 label
     with the BTCV label values, every label present in every case. Image and label share one affine
     with LPS-like voxel axes, a small rotation about z and a non-zero origin, so that
     ``Orientation(axcodes="RAS")`` is exercised. Case ``i`` depends only on ``seed + i``.
@@ -271,6 +284,7 @@ def generate_demo_dataset(out_dir: PathLike, num_cases: int = 8, seed: int = 0) 
         "numTraining": num_training,
         "numTest": NUM_DEMO_TEST_CASES,
         "seed": seed,
+        "generator": _GENERATOR_VERSION,
         "training": entries[:num_training],
         "test": entries[num_training:],
     }

@@ -18,7 +18,7 @@ from PIL import Image
 from dlka_monai.data.validation import InvalidInputError
 from dlka_monai.evaluation.metrics import CONVENTION_METRICS, CONVENTIONS, SYNAPSE_8_ORGANS, case_metrics, summarize
 
-__all__ = ["MetricsWriter"]
+__all__ = ["MetricsWriter", "radiological_slices"]
 
 _PALETTE = np.array(
     [(0, 0, 0)] + [tuple(int(255 * v) for v in c) for c in
@@ -61,6 +61,29 @@ def _overlay(gray: np.ndarray, labels: np.ndarray) -> np.ndarray:
     colours = _PALETTE[np.clip(labels, 0, len(_PALETTE) - 1)].astype(np.float32)
     rgb[mask] = 0.45 * rgb[mask] + 0.55 * colours[mask]
     return rgb.astype(np.uint8)
+
+
+def radiological_slices(gray: np.ndarray, label: np.ndarray, pred: np.ndarray, num_slices: int = 3) -> np.ndarray:
+    """Axial slices as radiologists show them (anterior up, the patient's right on the viewer's left):
+    one row per slice of image | ground truth | prediction, the label maps overlaid in colour.
+
+    Args:
+        gray: the image as uint8, a RAS ``(x, y, z)`` array.
+        label: the ground-truth label map, integer RAS ``(x, y, z)``.
+        pred: the predicted label map, integer RAS ``(x, y, z)``.
+        num_slices: slices, evenly spread over those that hold ground-truth foreground (over all if none does).
+
+    Returns:
+        An RGB uint8 array ``(num_slices * y, 3 * x, 3)``.
+    """
+    area = (label > 0).sum(axis=(0, 1))
+    candidates = np.flatnonzero(area) if area.any() else np.arange(gray.shape[2])
+    slices = candidates[np.linspace(0, len(candidates) - 1, num_slices).round().astype(int)]
+    rows = []
+    for z in slices:
+        g, lab, prd = (np.flip(a[:, :, z].T, (0, 1)) for a in (gray, label, pred))
+        rows.append(np.concatenate([np.repeat(g[..., None], 3, -1), _overlay(g, lab), _overlay(g, prd)], axis=1))
+    return np.ascontiguousarray(np.concatenate(rows, axis=0))
 
 
 class MetricsWriter:
@@ -125,19 +148,11 @@ class MetricsWriter:
             self._png(case, item["pred"], label, item["image"].meta["filename_or_obj"])
 
     def _png(self, case: str, pred: torch.Tensor, label: torch.Tensor, image_file: str) -> None:
-        # RAS arrays, shown as radiologists do: anterior up, the patient's right on the viewer's left
         image, label_a, pred_a = (np.asarray(self._ras(t))[0] for t in (self._load(image_file), label, pred))
-        label_a, pred_a = label_a.round().astype(np.int64), pred_a.round().astype(np.int64)
         lo, hi = self.hu_window
         gray = (np.clip((image - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
-        area = (label_a > 0).sum(axis=(0, 1))
-        candidates = np.flatnonzero(area) if area.any() else np.arange(image.shape[2])
-        slices = candidates[np.linspace(0, len(candidates) - 1, self.num_slices).round().astype(int)]
-        rows = []
-        for z in slices:
-            g, lab, prd = (np.flip(a[:, :, z].T, (0, 1)) for a in (gray, label_a, pred_a))
-            rows.append(np.concatenate([np.repeat(g[..., None], 3, -1), _overlay(g, lab), _overlay(g, prd)], axis=1))
-        Image.fromarray(np.ascontiguousarray(np.concatenate(rows, axis=0))).save(self.output_dir / f"{case}.png")
+        panel = radiological_slices(gray, label_a.round().astype(np.int64), pred_a.round().astype(np.int64), self.num_slices)
+        Image.fromarray(panel).save(self.output_dir / f"{case}.png")
 
     def completed(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)

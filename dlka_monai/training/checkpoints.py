@@ -220,7 +220,7 @@ class TrainingCheckpointer:
         # temporary files of runs killed while saving (only rank 0 writes, so none is being written now)
         for leftover in self.save_dir.glob(".checkpoint_epoch=*.tmp"):
             leftover.unlink(missing_ok=True)
-        logger.info(f"saved {path}")
+        logger.debug(f"saved {path}")
 
     def _write_model(self) -> Path:
         self.save_dir.mkdir(parents=True, exist_ok=True)
@@ -237,7 +237,7 @@ class TrainingCheckpointer:
             return
         path = self._write_model()
         self._best_saved_epoch = state.epoch
-        logger.info(f"saved {path} (best {state.best_metric:.4f} at epoch {state.epoch})")
+        logger.debug(f"saved {path} (best {state.best_metric:.4f} at epoch {state.epoch})")
 
     def _save_unvalidated(self, engine: Engine) -> None:
         # a run that never validated (val_interval beyond max_epochs) still leaves a model to use: its last one
