@@ -142,7 +142,8 @@ def test_export_takes_bundle_root_literally_and_reports_in_one_line(tiny_config,
     err = capsys.readouterr().err
     assert not marker.exists()  # the network was built with the value as a string, and nothing ran
     assert len(err.splitlines()) == 1
-    assert err.startswith(f"python -m dlka_monai.export: error: {other}: holds the weights of another network")
+    # a state dict without a plan that fits no preset: refused in one line saying what it holds
+    assert err.startswith(f"python -m dlka_monai.export: error: {other}: a state dict of 1 tensors") and "fits no preset" in err
     assert export_main([*args, "--ckpt_file", str(tmp_path / "none.pt")]) == 1
     assert capsys.readouterr().err == f"python -m dlka_monai.export: error: {tmp_path / 'none.pt'}: no such checkpoint file.\n"
     bad = tmp_path / "bad.json"
