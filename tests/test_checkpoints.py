@@ -129,7 +129,7 @@ def test_checkpoint_holds_the_whole_training_state_and_resumes_it(tmp_path):
     # epoch 1 deleted after 2 was written; no validation ran, so model.pt is the last epoch's model
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=2.pt", "model.pt"]
     ckpt = torch.load(tmp_path / "checkpoint_epoch=2.pt", weights_only=True)
-    assert set(ckpt) == {"model", "optimizer", "lr_scheduler", "scaler", "trainer", "best", "rng"}
+    assert set(ckpt) == {"model", "optimizer", "lr_scheduler", "scaler", "trainer", "best", "rng", "plan"}
     assert ckpt["trainer"] == {"epoch": 2, "iteration": 4, "epoch_length": 2}
     assert set(ckpt["rng"]) >= {"python", "numpy", "torch", "transforms"} and len(ckpt["rng"]) >= 4
     assert len(ckpt["rng"]["transforms"]) >= 2

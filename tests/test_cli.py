@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from conftest import TINY_BUNDLE_IMG_SIZE, TINY_BUNDLE_NET
+from conftest import TINY_BUNDLE_IMG_SIZE, TINY_BUNDLE_NET, save_tiny_model
 from dlka_monai.cli import literal, one_line_errors
 from dlka_monai.convert import main as convert_main
 from dlka_monai.data.demo import main as demo_main
@@ -148,6 +148,8 @@ def test_export_takes_bundle_root_literally_and_reports_in_one_line(tiny_config,
     assert capsys.readouterr().err == f"python -m dlka_monai.export: error: {tmp_path / 'none.pt'}: no such checkpoint file.\n"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"network_def": {"_target_": "dlka_monai.networks.create_network", "name": "nope"}}))
-    assert export_main(["onnx", "--config_file", str(bad), "--ckpt_file", str(other)]) == 1
+    good = tmp_path / "good.pt"
+    save_tiny_model(good)
+    assert export_main(["onnx", "--config_file", str(bad), "--ckpt_file", str(good)]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith(f"python -m dlka_monai.export: error: {bad}: cannot build network_def: ")
