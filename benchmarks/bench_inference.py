@@ -93,9 +93,8 @@ def run_inference(image: Path, out_dir: Path, device: torch.device, args: argpar
         **overrides,
     )
     if not args.checkpoint:
-        # random weights: drop the loader itself (``_disabled_`` would still evaluate its checked load_path)
-        handlers = workflow.parser["base_handlers"]
-        workflow.parser["base_handlers"] = [h for h in handlers if h.get("_target_") != "CheckpointLoader"]
+        # random weights of the default preset's plan (no model file): no checkpoint loader
+        workflow.parser["base_handlers"] = "$[@stats_handler]"
     workflow.initialize()
     evaluator = workflow.parser.get_parsed_content("evaluator")
 
