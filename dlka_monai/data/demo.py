@@ -20,25 +20,11 @@ from monai.config import PathLike
 from scipy import ndimage
 
 from dlka_monai.cli import ArgumentParser, one_line_errors
+from dlka_monai.networks.presets import BTCV_CLASS_NAMES
 
 __all__ = ["generate_demo_dataset", "DEMO_LABELS", "DEMO_SHAPE", "DEMO_SPACING", "NUM_DEMO_TEST_CASES"]
 
-DEMO_LABELS: dict[int, str] = {
-    0: "background",
-    1: "spleen",
-    2: "right kidney",
-    3: "left kidney",
-    4: "gallbladder",
-    5: "esophagus",
-    6: "liver",
-    7: "stomach",
-    8: "aorta",
-    9: "inferior vena cava",
-    10: "portal and splenic vein",
-    11: "pancreas",
-    12: "right adrenal gland",
-    13: "left adrenal gland",
-}
+DEMO_LABELS: dict[int, str] = BTCV_CLASS_NAMES
 """Label values and names, those of BTCV (Synapse multi-organ)."""
 
 DEMO_SHAPE = (240, 192, 48)
