@@ -15,6 +15,7 @@ from ignite.engine import Engine, Events
 from monai.transforms import LoadImage, Orientation
 from PIL import Image
 
+from dlka_monai.data.transforms import RAS_LABELS
 from dlka_monai.data.validation import InvalidInputError
 from dlka_monai.evaluation.metrics import CONVENTION_METRICS, CONVENTIONS, SYNAPSE_8_ORGANS, case_metrics, summarize
 
@@ -128,7 +129,7 @@ class MetricsWriter:
         self.num_slices = num_slices
         self.rows: list[dict] = []
         self._load = LoadImage(image_only=True, ensure_channel_first=True)
-        self._ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
+        self._ras = Orientation(axcodes="RAS", labels=RAS_LABELS)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())

@@ -14,6 +14,7 @@ from monai.data import MetaTensor
 from monai.transforms import Orientation
 from PIL import Image
 
+from dlka_monai.data.transforms import RAS_LABELS
 from dlka_monai.evaluation.writer import radiological_slices
 
 __all__ = ["ValidationOverlay"]
@@ -43,7 +44,7 @@ class ValidationOverlay:
         self.num_slices = num_slices
         self.min_width = min_width
         self.case: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
+        self._ras = Orientation(axcodes="RAS", labels=RAS_LABELS)
 
     def attach(self, engine: Engine) -> None:
         self.evaluator.add_event_handler(Events.ITERATION_COMPLETED(once=1), self._keep)
