@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import from_engine
-from monai.metrics import DiceMetric
+from monai.metrics import compute_dice
 
 __all__ = ["PerClassDice"]
 
@@ -19,7 +19,9 @@ class PerClassDice:
     ``TensorBoardStatsHandler`` and :class:`~dlka_monai.training.TrainingLog` find them.
 
     A class absent from a case's label is left out of that class's mean (NaN if absent from all).
-    Attach it before the handlers that read the metrics.
+    Attach it before the handlers that read the metrics. The means are of this process's cases: unlike
+    MONAI's cumulative metrics it never syncs across ranks, so it may run on rank 0 alone (under DDP the
+    key metric is still the synced one).
 
     Args:
         output_transform: engine output -> ``(pred, label)``, one-hot ``[C, *spatial]`` tensors per case.
@@ -31,19 +33,18 @@ class PerClassDice:
     ) -> None:
         self.output_transform = output_transform
         self.prefix = prefix
-        self.metric = DiceMetric(include_background=False, reduction="mean_batch")
+        self._dice: list[torch.Tensor] = []
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.metric.reset())
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._dice.clear())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
 
     def _iteration_completed(self, engine: Engine) -> None:
-        pred, label = self.output_transform(engine.state.output)
-        self.metric(y_pred=pred, y=label)
+        pred, label = (torch.stack(list(t)) for t in self.output_transform(engine.state.output))
+        self._dice.append(compute_dice(pred, label, include_background=False).cpu())  # [B, C - 1], NaN: absent
 
     def _epoch_completed(self, engine: Engine) -> None:
-        values = self.metric.aggregate()
-        values = torch.as_tensor(values).reshape(-1).tolist()
+        values = torch.nanmean(torch.cat(self._dice), dim=0).tolist()
         for c, value in enumerate(values, start=1):
             engine.state.metrics[f"{self.prefix}{c}"] = value
