@@ -95,8 +95,8 @@ def test_demo_training_learns_saves_and_resumes(tmp_path, demo_dir):
     best = torch.load(models / "model.pt", weights_only=True)
     assert "encoder.stages.0.0.attn.spatial_gating_unit.deform_conv.conv_offset.weight" in best["model"]
     # the plan: the network as trained (the tiny overrides) and the demo's preprocessing
-    assert best["plan"]["network"]["feature_size"] == 4 and best["plan"]["network"]["img_size"] == [32, 64, 64]
-    assert best["plan"]["pixdim"] == [3.0, 2.5, 2.5] and best["plan"]["class_names"]["6"] == "liver"
+    assert best["plan"]["network"]["feature_size"] == 4 and best["plan"]["network"]["img_size"] == [16, 32, 32]
+    assert best["plan"]["pixdim"] == [6.0, 4.0, 4.0] and best["plan"]["class_names"]["6"] == "liver"
     latest = torch.load(models / "checkpoint_epoch=4.pt", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(latest)
     # ignite keeps iteration and epoch_length; the epoch follows from them
