@@ -109,6 +109,10 @@ def segment(
         SegmentError, InvalidInputError: with a one-line message.
     """
     root, ckpt = resolve_model(model)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise SegmentError("--device cuda: no CUDA device available.")
     plan = model_plan(model_files(ckpt)[0])
     if plan["spatial_dims"] == 2 and plan["axcodes"] is None:
         return _segment_photos(input, output, ckpt, plan, device)
@@ -119,10 +123,6 @@ def segment(
         raise SegmentError(str(e)) from e
     folder, exact = _output_target(Path(output), len(cases))
     check_output_dir(folder)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise SegmentError("--device cuda: no CUDA device available.")
 
     with tempfile.TemporaryDirectory(dir=folder, prefix=".dlka-segment-") as staging:
         # every value is passed as a Python object or an absolute path, never as a config string that the
@@ -177,7 +177,6 @@ def _segment_photos(input: str, output: str, ckpt: Path, plan: dict, device: str
         raise SegmentError(f"-o {output}: give a folder for the masks of a photograph model.")
     check_output_dir(output)
     network, _ = load_model(ckpt)
-    device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     written = segment_images(files, network, output, plan["normalization"], device=device)
     for image, mask in zip(files, written):
         print(f"{image.name} -> {mask}", flush=True)
