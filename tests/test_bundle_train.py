@@ -49,7 +49,7 @@ def test_train_config_has_the_properties_monai_tools_read(tmp_path, demo_dir):
     )
     workflow.initialize()
     assert workflow.check_properties() == []
-    assert workflow.max_epochs == 30 and len(workflow.train_dataset) == 4
+    assert workflow.max_epochs == 100 and len(workflow.train_dataset) == 4
     config = json.loads(Path(TRAIN).read_text())
     assert {"run", "training", "network", "network_def", "bundle_root", "dataset_dir", "device"} <= set(config)
 
