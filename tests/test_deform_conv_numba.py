@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlka_monai.networks.layers import deform_conv_fast
+from dlka_monai.networks.layers import deform_conv_fast, kernels
 from dlka_monai.networks.layers.deform_conv import deform_conv3d
 from test_deform_conv_fast import CASES, _case, _close
 
@@ -59,12 +59,12 @@ def test_gradcheck_float64():
 def test_fast_entry_point_uses_the_kernels_and_logs_once(caplog):
     torch.manual_seed(4)
     x, off, w, b, (st, pd, dl, _) = _case(1, 4, 4, (5, 5, 5), 3, 1, 1, 1)
-    deform_conv_fast.numba_kernels.cache_clear()
-    with caplog.at_level(logging.INFO, logger=deform_conv_fast.__name__):
+    kernels.kernel_module.cache_clear()
+    with caplog.at_level(logging.INFO, logger=kernels.__name__):
         y1 = deform_conv_fast.deform_conv3d_fast(x, off, w, b, st, pd, dl)
         deform_conv_fast.deform_conv3d_fast(x, off, w, b, st, pd, dl)
     assert y1.grad_fn.name().endswith("_DeformConv3dNumbaFnBackward")
-    lines = [r.getMessage() for r in caplog.records if r.name == deform_conv_fast.__name__]
+    lines = [r.getMessage() for r in caplog.records if r.name == kernels.__name__]
     assert len(lines) == 1 and "numba" in lines[0] and "kernels" in lines[0]
 
 
@@ -112,5 +112,5 @@ def test_pure_pytorch_fallback_without_numba():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "OK"
-    lines = [line for line in proc.stderr.splitlines() if line.startswith(deform_conv_fast.__name__)]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith(kernels.__name__)]
     assert len(lines) == 1 and "pure-PyTorch" in lines[0], proc.stderr

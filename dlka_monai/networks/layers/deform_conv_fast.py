@@ -26,8 +26,6 @@ Also here: :func:`dilated_depthwise_conv3d` / :class:`FastDilatedDepthwiseConv3d
 
 from __future__ import annotations
 
-import functools
-import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -38,26 +36,18 @@ from torch import nn
 from torch.nn.modules.utils import _triple
 
 from dlka_monai.networks.layers.deform_conv import _check_args, _out_size, deform_conv3d
+from dlka_monai.networks.layers.kernels import kernel_module
 
 __all__ = ["deform_conv3d_fast", "dilated_depthwise_conv3d", "FastDilatedDepthwiseConv3d"]
-
-_logger = logging.getLogger(__name__)
 
 # number of elements (rows * channels) of one chunk of sampled columns
 _CHUNK_ELEMS_CPU = 1 << 21
 _CHUNK_ELEMS_CUDA = 1 << 26
 
 
-@functools.cache
 def numba_kernels():
-    """The numba CPU kernels module, or None when numba cannot be imported; logs once which CPU path runs."""
-    try:
-        from dlka_monai.networks.layers import deform_conv_numba
-    except ImportError as e:
-        _logger.info(f"deform_conv3d on CPU: pure-PyTorch path (numba unavailable: {e}); pip install 'dlka_monai[numba]'")
-        return None
-    _logger.info(f"deform_conv3d on CPU: numba {deform_conv_numba.numba.__version__} kernels")
-    return deform_conv_numba
+    """The numba CPU kernels module, or None when numba cannot be imported (logged once)."""
+    return kernel_module("deform_conv3d", "CPU", "deform_conv_numba", "numba")
 
 
 def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
