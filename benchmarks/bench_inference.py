@@ -11,8 +11,16 @@ preprocess, sliding window, of which network forward, postprocess + save), the n
 the resampled shape, peak memory (max RSS of this process; on CUDA also the allocator peak), against
 the target: <= 60 s on 2 CPU cores.
 
+``--peer`` then runs MONAI's SwinUNETR on the same file with the settings of the MONAI model zoo's
+``swin_unetr_btcv_segmentation`` bundle (feature size 48, RAS, 1.5x1.5x2 mm bilinear, HU -175..250 to
+0..1, 96^3 windows with overlap 0.5 and a batch of 4, softmax, ``Invertd``, argmax, save; random
+weights, the same engine) and prints our total time over its total time, both from this run. The
+phases are timed the same way for both. ``--skip_ours`` runs the peer alone. The "net grid" column is the
+resampled volume in each network's axis order: z-first for ours, RAS x, y, z for SwinUNETR.
+
     python benchmarks/bench_inference.py [--size 512,512,100] [--spacing 0.7,0.7,2.5] [--overlap 0.5]
-        [--tta] [--device cpu|cuda] [--threads N] [--input CT.nii.gz] [--checkpoint model.pt] [--json PATH]
+        [--tta] [--device cpu|cuda] [--threads N] [--input CT.nii.gz] [--checkpoint model.pt]
+        [--peer] [--json PATH]
 """
 
 from __future__ import annotations
@@ -30,11 +38,29 @@ import numpy as np
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
+from monai.data import DataLoader, Dataset
+from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
+from monai.inferers import SlidingWindowInferer
+from monai.networks.nets import SwinUNETR
+from monai.transforms import (
+    Activationsd,
+    AsDiscreted,
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    Invertd,
+    LoadImaged,
+    Orientationd,
+    SaveImaged,
+    ScaleIntensityRanged,
+    Spacingd,
+)
 from scipy import ndimage
 
 from dlka_monai.data import generate_demo_dataset
 from dlka_monai.data.demo import _save_nifti as save_nifti
+from dlka_monai.networks.layers.deform_conv_fast import deform_conv3d_fast, numba_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 60.0
@@ -75,32 +101,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_inference(image: Path, out_dir: Path, device: torch.device, args: argparse.Namespace) -> dict:
-    overrides = dict(input=str(image), output_dir=str(out_dir), device=f"$torch.device('{device}')", tta=args.tta)
-    if args.overlap is not None:
-        overrides["overlap"] = args.overlap
-    if args.checkpoint:
-        overrides["ckpt_path"] = str(Path(args.checkpoint).resolve())
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    workflow = ConfigWorkflow(
-        config_file=str(ROOT / "configs" / "inference.json"),
-        meta_file=str(ROOT / "configs" / "metadata.json"),
-        workflow_type="infer",
-        bundle_root=str(ROOT),
-        **overrides,
-    )
-    if not args.checkpoint:
-        # random weights of the default preset's plan (no model file): no checkpoint loader
-        workflow.parser["base_handlers"] = "$[@stats_handler]"
-    workflow.initialize()
-    evaluator = workflow.parser.get_parsed_content("evaluator")
+def _timed_run(evaluator, device: torch.device, start: float, run) -> dict:
+    """Run ``run()`` (which runs ``evaluator``) and time its phases from the engine's events.
 
-    # phase times from the engine's events: the dataloader runs the preprocessing (num_workers 0), the
-    # inferer runs between GET_BATCH_COMPLETED and FORWARD_COMPLETED, the postprocessing is the
-    # ITERATION_COMPLETED handler registered before this one
+    The dataloader runs the preprocessing (num_workers 0), the inferer runs between GET_BATCH_COMPLETED
+    and FORWARD_COMPLETED, the postprocessing is the ITERATION_COMPLETED handler registered before these.
+    """
     stats = dict(load_s=0.0, sliding_window_s=0.0, network_s=0.0, postprocess_s=0.0, windows=0)
     marks = {}
 
@@ -133,27 +139,130 @@ def run_inference(image: Path, out_dir: Path, device: torch.device, args: argpar
 
     evaluator.network.register_forward_pre_hook(before_forward)
     evaluator.network.register_forward_hook(after_forward)
-    setup_s = time.perf_counter() - start
-    workflow.run()
-    workflow.finalize()
-    total_s = time.perf_counter() - start
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    stats["setup_s"] = time.perf_counter() - start
+    run()
+    stats["total_s"] = time.perf_counter() - start
+    stats["s_per_window"] = stats["network_s"] / max(stats["windows"], 1)
+    # max RSS is a high-water mark of the whole process: what ran before in it may have peaked higher
+    stats["rss_before_gib"] = rss_before / 2**20
+    stats["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    stats["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return stats
+
+
+def run_inference(image: Path, out_dir: Path, device: torch.device, args: argparse.Namespace) -> dict:
+    overrides = dict(input=str(image), output_dir=str(out_dir), device=f"$torch.device('{device}')", tta=args.tta)
+    if args.overlap is not None:
+        overrides["overlap"] = args.overlap
+    if args.checkpoint:
+        overrides["ckpt_path"] = str(Path(args.checkpoint).resolve())
+    start = time.perf_counter()
+    workflow = ConfigWorkflow(
+        config_file=str(ROOT / "configs" / "inference.json"),
+        meta_file=str(ROOT / "configs" / "metadata.json"),
+        workflow_type="infer",
+        bundle_root=str(ROOT),
+        **overrides,
+    )
+    if not args.checkpoint:
+        # random weights of the default preset's plan (no model file): no checkpoint loader
+        workflow.parser["base_handlers"] = "$[@stats_handler]"
+    workflow.initialize()
+    evaluator = workflow.parser.get_parsed_content("evaluator")
+
+    def run() -> None:
+        workflow.run()
+        workflow.finalize()
+
+    stats = _timed_run(evaluator, device, start, run)
     if not list(out_dir.glob("*_seg.nii.gz")):
         raise RuntimeError(f"the inference config wrote no label map to {out_dir}")
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return dict(
+        model="dlka3d_synapse",
         **stats,
-        setup_s=setup_s,
-        total_s=total_s,
         overlap=workflow.parser.get_parsed_content("overlap"),
         roi_size=list(workflow.parser.get_parsed_content("img_size")),
         pixdim=list(workflow.parser.get_parsed_content("pixdim")),
         amp=bool(workflow.parser.get_parsed_content("amp")),
-        s_per_window=stats["network_s"] / max(stats["windows"], 1),
-        # max RSS is a high-water mark of the whole process: the phantom, written before, peaks far lower
-        rss_before_gib=rss_before * 1024 / 2**30,
-        peak_rss_gib=peak_rss / 2**30,
-        peak_cuda_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
     )
+
+
+# the MONAI model zoo's swin_unetr_btcv_segmentation inference settings
+PEER = dict(pixdim=(1.5, 1.5, 2.0), hu_range=(-175.0, 250.0), roi_size=(96, 96, 96), sw_batch_size=4, overlap=0.5)
+
+
+def run_peer(image: Path, out_dir: Path, device: torch.device) -> dict:
+    """MONAI's SwinUNETR (random weights) on ``image`` with the model zoo bundle's inference settings, in
+    the same engine as ours (``SupervisedEvaluator``, one case, no workers). Its bundle enables AMP, which
+    only changes CUDA runs; the CPU runs here are float32 for both."""
+    start = time.perf_counter()
+    preprocessing = Compose(
+        [
+            LoadImaged("image"),
+            EnsureChannelFirstd("image"),
+            Orientationd("image", axcodes="RAS"),
+            Spacingd("image", pixdim=PEER["pixdim"], mode="bilinear"),
+            ScaleIntensityRanged("image", *PEER["hu_range"], 0.0, 1.0, clip=True),
+            EnsureTyped("image"),
+        ]
+    )
+    postprocessing = Compose(
+        [
+            Activationsd("pred", softmax=True),
+            Invertd("pred", transform=preprocessing, orig_keys="image", nearest_interp=False, to_tensor=True),
+            AsDiscreted("pred", argmax=True),
+            SaveImaged("pred", output_dir=str(out_dir), output_postfix="seg", separate_folder=False, print_log=False),
+        ]
+    )
+    network = SwinUNETR(in_channels=1, out_channels=14, feature_size=48).to(device)
+    evaluator = SupervisedEvaluator(
+        device=device,
+        val_data_loader=DataLoader(Dataset([{"image": str(image)}], preprocessing), batch_size=1, num_workers=0),
+        network=network,
+        inferer=SlidingWindowInferer(PEER["roi_size"], sw_batch_size=PEER["sw_batch_size"], overlap=PEER["overlap"]),
+        postprocessing=postprocessing,
+        amp=device.type == "cuda",
+    )
+    stats = _timed_run(evaluator, device, start, evaluator.run)
+    if not list(out_dir.glob("*_seg.nii.gz")):
+        raise RuntimeError(f"the SwinUNETR run wrote no label map to {out_dir}")
+    return dict(model="SwinUNETR (model zoo settings)", **stats, overlap=PEER["overlap"], roi_size=list(PEER["roi_size"]),
+                pixdim=list(PEER["pixdim"]), amp=device.type == "cuda")
+
+
+def _warm_up_kernels(device: torch.device) -> str:
+    """Load (and on a fresh checkout compile) the deformable conv's kernels before timing; returns the path."""
+    x = torch.zeros(1, 2, 3, 3, 3, device=device)
+    deform_conv3d_fast(x, torch.zeros(1, 81, 3, 3, 3, device=device), torch.zeros(2, 2, 3, 3, 3, device=device), None, 1, 1, 1)
+    if device.type == "cpu":
+        kernels = numba_kernels()
+        return f"numba {kernels.numba.__version__} kernels" if kernels is not None else "pure PyTorch (numba not installed)"
+    return "CUDA"
+
+
+def _table(rows: list[dict], device: torch.device) -> None:
+    print(
+        f"{'model':>32} {'input x,y,z':>14} {'net grid':>12} {'windows':>8} {'setup s':>8} {'load s':>7} {'window s':>9}"
+        f" {'net s':>7} {'s/win':>6} {'post s':>7} {'total s':>8} {'RSS GiB':>8}" + (" CUDA GiB" if device.type == "cuda" else "")
+    )
+    for row in rows:
+        line = (
+            f"{row['model']:>32} {'x'.join(map(str, row['size'])):>14} {'x'.join(map(str, row['resampled_shape'])):>12}"
+            f" {row['windows']:>8} {row['setup_s']:>8.1f} {row['load_s']:>7.1f} {row['sliding_window_s']:>9.1f}"
+            f" {row['network_s']:>7.1f} {row['s_per_window']:>6.2f} {row['postprocess_s']:>7.1f} {row['total_s']:>8.1f}"
+            f" {row['peak_rss_gib']:>8.2f}"
+        )
+        if device.type == "cuda":
+            line += f" {row['peak_cuda_gib']:>8.2f}"
+        print(line)
+        spacing_text = "x".join(f"{s:g}" for s in row["spacing"])
+        print(
+            f"{'':>32} spacing {spacing_text} mm -> pixdim {row['pixdim']}, roi {row['roi_size']},"
+            f" overlap {row['overlap']}, amp {row['amp']}"
+        )
 
 
 def main() -> None:
@@ -164,14 +273,21 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: the config's)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (8 passes)")
     parser.add_argument("--checkpoint", default=None, help="weights to load (default: random init)")
+    parser.add_argument("--peer", action="store_true", help="also run MONAI's SwinUNETR with the model zoo's settings")
+    parser.add_argument("--skip_ours", action="store_true", help="with --peer: run only SwinUNETR")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
+    if args.skip_ours and not args.peer:
+        parser.error("--skip_ours needs --peer")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    path = _warm_up_kernels(device)
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} {platform.processor()}")
+    print(f"deformable conv path: {path}")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.input:
             image = Path(args.input)
@@ -180,35 +296,29 @@ def main() -> None:
             write_phantom(image, args.size, args.spacing)
         header = nib.load(image).header
         size, spacing = list(header.get_data_shape()), [round(float(s), 4) for s in header.get_zooms()]
-        row = run_inference(image, Path(tmp) / "out", device, args)
-    row = dict(input=args.input or "synthetic", size=size, spacing=spacing, tta=args.tta, **row)
-
-    print(
-        f"{'input x,y,z':>14} {'resampled z,y,x':>16} {'windows':>8} {'setup s':>8} {'load s':>7} {'window s':>9}"
-        f" {'net s':>7} {'s/win':>6} {'post s':>7} {'total s':>8} {'RSS GiB':>8}" + (" CUDA GiB" if device.type == "cuda" else "")
-    )
-    line = (
-        f"{'x'.join(map(str, size)):>14} {'x'.join(map(str, row['resampled_shape'])):>16} {row['windows']:>8}"
-        f" {row['setup_s']:>8.1f} {row['load_s']:>7.1f} {row['sliding_window_s']:>9.1f} {row['network_s']:>7.1f}"
-        f" {row['s_per_window']:>6.2f} {row['postprocess_s']:>7.1f} {row['total_s']:>8.1f} {row['peak_rss_gib']:>8.2f}"
-    )
-    if device.type == "cuda":
-        line += f" {row['peak_cuda_gib']:>8.2f}"
-    print(line)
-    spacing_text = "x".join(f"{s:g}" for s in spacing)
-    print(
-        f"spacing {spacing_text} mm -> pixdim {row['pixdim']}, roi {row['roi_size']}, overlap {row['overlap']},"
-        f" tta {args.tta}, amp {row['amp']}"
-    )
-    target = f"target <= {TARGET_S:g} s for 512x512x~100 on 2 CPU cores"
-    if device.type == "cpu" and size[:2] == [512, 512]:
-        target += ": " + ("met" if row["total_s"] <= TARGET_S else "missed")
+        case = dict(input=args.input or "synthetic", size=size, spacing=spacing, tta=args.tta)
+        if not args.skip_ours:
+            rows.append(dict(case, **run_inference(image, Path(tmp) / "out", device, args)))
+        if args.peer:
+            rows.append(dict(case, **run_peer(image, Path(tmp) / "peer", device)))
+    _table(rows, device)
     threads = torch.get_num_threads()
-    print(f"total {row['total_s']:.1f} s for {'x'.join(map(str, size))} on {device}, {threads} threads ({target})")
+    if not args.skip_ours:
+        ours = rows[0]
+        target = f"target <= {TARGET_S:g} s for 512x512x~100 on 2 CPU cores"
+        if device.type == "cpu" and size[:2] == [512, 512]:
+            target += ": " + ("met" if ours["total_s"] <= TARGET_S else "missed")
+        print(f"total {ours['total_s']:.1f} s for {'x'.join(map(str, size))} on {device}, {threads} threads, tta {args.tta} ({target})")
+        if args.peer:
+            peer = rows[1]
+            print(
+                f"dlka3d_synapse / SwinUNETR (model zoo settings), same run: total {ours['total_s'] / peer['total_s']:.2f},"
+                f" network {ours['network_s'] / peer['network_s']:.2f}"
+            )
     if args.json:
-        meta = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(), processor=platform.processor())
+        meta = dict(device=str(device), torch=torch.__version__, threads=threads, processor=platform.processor(), deform_conv=path)
         with open(args.json, "w") as f:
-            json.dump(dict(meta=meta, results=[row]), f, indent=1)
+            json.dump(dict(meta=meta, results=rows), f, indent=1)
 
 
 if __name__ == "__main__":
