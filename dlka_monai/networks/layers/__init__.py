@@ -1,12 +1,16 @@
 from .deform_conv import deform_conv3d
 from .deform_conv_fast import FastDilatedDepthwiseConv3d, deform_conv3d_fast, dilated_depthwise_conv3d
 from .deformable import DeformConv3d, DeformConv3dPack
+from .instance_norm import ChannelsLastConv3d, ChannelsLastInstanceNorm3d, keep_channels_last
 
 __all__ = [
+    "ChannelsLastConv3d",
+    "ChannelsLastInstanceNorm3d",
     "deform_conv3d",
     "deform_conv3d_fast",
     "dilated_depthwise_conv3d",
     "DeformConv3d",
     "DeformConv3dPack",
     "FastDilatedDepthwiseConv3d",
+    "keep_channels_last",
 ]
