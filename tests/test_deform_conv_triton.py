@@ -197,6 +197,7 @@ def test_compiled_kernels_on_cuda(dtype, monkeypatch, caplog):
         ref = deform_conv3d(x, off, w, b, st, pd, dl)
         assert _close(out, ref, rel=tol, abs_=tol)
         g = torch.randn_like(ref)
-        for name, a, r in zip(("input", "offset", "weight", "bias"), torch.autograd.grad(out, (x, off, w, b), g), torch.autograd.grad(ref, (x, off, w, b), g)):
+        grads = torch.autograd.grad(out, (x, off, w, b), g)
+        for name, a, r in zip(("input", "offset", "weight", "bias"), grads, torch.autograd.grad(ref, (x, off, w, b), g)):
             assert _close(a, r, rel=tol, abs_=tol), f"{case} grad {name}: {(a - r).abs().max().item()}"
     assert any("on CUDA: triton" in r.getMessage() for r in caplog.records if r.name == kernels.__name__)
