@@ -232,7 +232,7 @@ class _Launch:
         self.blocks = dict(BLOCK_N=_BLOCK_N, BLOCK_C=min(triton.next_power_of_2(in_ch), _MAX_BLOCK_C))
 
     def grid(self, n):
-        return (triton.cdiv(n, _BLOCK_N), self.n_points)
+        return (triton.cdiv(n, self.blocks["BLOCK_N"]), self.n_points)
 
 
 class _DeformConv3dTritonFn(torch.autograd.Function):
