@@ -2,8 +2,10 @@
 
 Prints forward and forward+backward time of DeformConv3d (random offsets of a few voxels) divided by
 those of ``nn.Conv3d(C, C, 3, padding=1)``, both measured in this one run, and writes them as JSON.
+DeformConv3d runs whatever ``deform_conv3d_fast`` picks on the device (numba on CPU, Triton on CUDA,
+when installed; else pure PyTorch); the header line says which.
 
-    python benchmarks/bench_deform_conv.py [--repeats 3] [--json benchmarks/bench_deform_conv.json]
+    python benchmarks/bench_deform_conv.py [--device cuda] [--repeats 3] [--json benchmarks/bench_deform_conv.json]
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from dlka_monai.networks import DeformConv3d
-from dlka_monai.networks.layers.deform_conv_fast import numba_kernels
+from dlka_monai.networks.layers.deform_conv_fast import numba_kernels, triton_kernels
 
 # (channels, spatial size) of the four encoder stages of dlka3d_synapse (input 64×128×128, patch 2×4×4)
 STAGES = [(32, (32, 32, 32)), (64, (16, 16, 16)), (128, (8, 8, 8)), (256, (4, 4, 4))]
@@ -33,6 +35,15 @@ def _time(fn, repeats: int) -> float:
     return best
 
 
+def _path(device: torch.device) -> str:
+    """Which implementation ``deform_conv3d_fast`` (inside DeformConv3d) runs on ``device``."""
+    if device.type == "cpu" and (kernels := numba_kernels()) is not None:
+        return f"numba {kernels.numba.__version__}"
+    if device.type == "cuda" and (kernels := triton_kernels()) is not None:
+        return f"triton {kernels.triton.__version__}"
+    return "pure PyTorch"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -43,8 +54,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     rows = []
-    kernels = numba_kernels() if device.type == "cpu" else None
-    path = f"numba {kernels.numba.__version__}" if kernels else "pure PyTorch"
+    path = _path(device)
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} {platform.processor()} deform={path}")
     print(f"{'C':>4} {'size':>10} {'conv fwd ms':>12} {'deform fwd x':>13} {'conv f+b ms':>12} {'deform f+b x':>13}")
     for channels, size in STAGES:

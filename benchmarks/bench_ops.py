@@ -1,7 +1,8 @@
 """Slow ops of the D-LKA block vs ``nn.Conv3d(C, C, 3, padding=1)`` at the four stage shapes (batch 1).
 
 Ops: reference ``deform_conv3d`` (pure autograd), ``deform_conv3d_fast`` (the default: numba kernels on
-CPU when numba is installed), its pure-PyTorch autograd function (``deform_torch``),
+CPU when numba is installed, Triton kernels on CUDA when triton is), its pure-PyTorch autograd function
+(``deform_torch``),
 the depthwise 7^3 dilation-3 conv as plain ``nn.Conv3d`` and as ``FastDilatedDepthwiseConv3d``.
 For each: forward and forward+backward time divided by those of the dense 3^3 conv (best of
 ``--repeats``, all in this one run), and the bytes autograd saves for backward (summed with
@@ -26,6 +27,7 @@ from dlka_monai.networks.layers.deform_conv_fast import (
     _DeformConv3dFn,
     deform_conv3d_fast,
     numba_kernels,
+    triton_kernels,
 )
 
 STAGES = [(32, (32, 32, 32)), (64, (16, 16, 16)), (128, (8, 8, 8)), (256, (4, 4, 4))]
@@ -72,8 +74,11 @@ def main() -> None:
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     torch.manual_seed(0)
-    kernels = numba_kernels() if device.type == "cpu" else None
-    default_path = f"numba {kernels.numba.__version__}" if kernels else "pure PyTorch"
+    default_path = "pure PyTorch"
+    if device.type == "cpu" and (kernels := numba_kernels()) is not None:
+        default_path = f"numba {kernels.numba.__version__}"
+    elif cuda and (kernels := triton_kernels()) is not None:
+        default_path = f"triton {kernels.triton.__version__}"
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} {platform.processor()} deform_fast={default_path}")
     head = f"{'C':>4} {'size':>8} {'op':>14} {'fwd ms':>9} {'fwd x':>7} {'f+b ms':>9} {'f+b x':>7} {'saved MiB':>10}"
     if cuda:

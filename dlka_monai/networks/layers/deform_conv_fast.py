@@ -18,7 +18,8 @@ outside the volume contribute zero, no mask) but is a :class:`torch.autograd.Fun
 
 On CPU, when numba is installed, :func:`deform_conv3d_fast` runs the compiled kernels of
 :mod:`~dlka_monai.networks.layers.deform_conv_numba` instead (same semantics, the corners kept in
-registers); this module's autograd function is the fallback (and the CUDA path).
+registers), and on CUDA, when triton is installed, those of
+:mod:`~dlka_monai.networks.layers.deform_conv_triton`; this module's autograd function is the fallback.
 
 Also here: :func:`dilated_depthwise_conv3d` / :class:`FastDilatedDepthwiseConv3d` for the depthwise
 ``7^3``, dilation-3 convolution of the D-LKA attention block (see their docstrings).
@@ -48,6 +49,22 @@ _CHUNK_ELEMS_CUDA = 1 << 26
 def numba_kernels():
     """The numba CPU kernels module, or None when numba cannot be imported (logged once)."""
     return kernel_module("deform_conv3d", "CPU", "deform_conv_numba", "numba")
+
+
+def triton_kernels():
+    """The Triton CUDA kernels module, or None when triton cannot be imported (logged once)."""
+    return kernel_module("deform_conv3d", "CUDA", "deform_conv_triton", "triton")
+
+
+def _implementation(device: torch.device):
+    """The function :func:`deform_conv3d_fast` runs for tensors on ``device`` (after its checks): the
+    numba kernels on CPU, the Triton kernels on CUDA, where their package imports; else the pure-PyTorch
+    autograd function of this module."""
+    if device.type == "cpu" and (kernels := numba_kernels()) is not None:
+        return kernels.deform_conv3d_numba
+    if device.type == "cuda" and (kernels := triton_kernels()) is not None:
+        return kernels.deform_conv3d_triton
+    return _DeformConv3dFn.apply
 
 
 def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -276,8 +293,9 @@ def deform_conv3d_fast(
     path would keep all sampled columns for backward. Falls back to the reference ``deform_conv3d``
     (pure autograd), with a warning, for ``groups != 1`` and other dtypes.
 
-    CPU tensors run numba kernels when numba is installed (:func:`numba_kernels`), else the
-    pure-PyTorch autograd function of this module, which CUDA tensors always use.
+    CPU tensors run numba kernels when numba is installed (:func:`numba_kernels`), CUDA tensors Triton
+    kernels when triton is installed (:func:`triton_kernels`); other devices, and these without their
+    package, the pure-PyTorch autograd function of this module.
     """
     stride, padding, dilation = _triple(stride), _triple(padding), _triple(dilation)
     if input.dtype in (torch.float16, torch.bfloat16) or (input.is_floating_point() and weight.dtype != input.dtype):
@@ -296,9 +314,7 @@ def deform_conv3d_fast(
         return deform_conv3d(input, offset, weight, bias, stride, padding, dilation, groups)
     # plain tensors inside the autograd function: MONAI's MetaTensor overrides methods like new_empty
     input, offset, weight = (_plain(t).contiguous() for t in (input, offset, weight))
-    if input.device.type == "cpu" and (kernels := numba_kernels()) is not None:
-        return kernels.deform_conv3d_numba(input, offset, weight, _plain(bias), stride, padding, dilation)
-    return _DeformConv3dFn.apply(input, offset, weight, _plain(bias), stride, padding, dilation)
+    return _implementation(input.device)(input, offset, weight, _plain(bias), stride, padding, dilation)
 
 
 # ----------------------------------------------------------------------------------------------------
