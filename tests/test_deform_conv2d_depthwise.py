@@ -27,12 +27,15 @@ def _case(batch, ch, size, kernel, stride, padding, dilation, dtype=torch.float3
     return x, off, w, b, (stride, padding, dilation)
 
 
-# (batch, C, (H, W), k, stride, padding, dilation): the decoder's two kernels, stride, non-square images
+# (batch, C, (H, W), k, stride, padding, dilation): the decoder's two kernels, stride, non-square
+# images; the last one has an odd batch and 16 channels, so that the backward splits the channels
+# into blocks when there are 2 or more threads
 CASES = [
     (2, 5, (9, 12), 5, 1, 2, 1),
     (2, 6, (11, 10), 7, 1, 9, 3),
     (1, 4, (10, 13), 3, 2, 0, 1),
     (3, 3, (8, 9), 3, 2, 3, 2),
+    (3, 16, (7, 9), 5, 1, 2, 1),
 ]
 
 

@@ -86,14 +86,15 @@ def _backward(table, off, w_t, grad_out, grad_table, grad_off, grad_w, need_x, n
         c0 = blk * per_block
         c1 = min(ch, c0 + per_block)
         w = np.empty(4, table.dtype)
-        tb, gtb = table[b, :, c0:c1], grad_table[b, :, c0:c1]
         for n in range(n_out):
             py, px = oy[n // out_w], ox[n % out_w]
             g = grad_out[b, n, c0:c1]
             for k in range(n_points):
                 r, fy, fx, inside = _corners(off, b, k, n, py, px, ky, kx, size, pad_w, w)
                 w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
-                t0, t1, t2, t3 = tb[r], tb[r + 1], tb[r + pad_w], tb[r + pad_w + 1]
+                # (int, ..., int, slice) indexing keeps the rows C-contiguous for numba: vectorised loops
+                t0, t1 = table[b, r, c0:c1], table[b, r + 1, c0:c1]
+                t2, t3 = table[b, r + pad_w, c0:c1], table[b, r + pad_w + 1, c0:c1]
                 wk = w_t[k, c0:c1]
                 gw = grad_w[b, k, c0:c1]
                 # scalar accumulators (in registers), zeroed in the table's dtype
@@ -114,7 +115,7 @@ def _backward(table, off, w_t, grad_out, grad_table, grad_off, grad_w, need_x, n
                     for j in range(4):
                         wj = w[j]
                         if wj != 0:
-                            dst = gtb[r + (j >> 1) * pad_w + (j & 1)]
+                            dst = grad_table[b, r + (j >> 1) * pad_w + (j & 1), c0:c1]
                             # loop bound from the view's own shape: the compiler vectorises this form
                             for c in range(dst.shape[0]):
                                 dst[c] += wj * (g[c] * wk[c])
@@ -183,8 +184,10 @@ class _DeformConv2dDepthwiseNumbaFn(torch.autograd.Function):
         w_t = weight.detach().view(ch, -1).t().contiguous()
         grad_cl = grad_out.permute(0, 2, 3, 1).contiguous().view(batch, n_out, ch)
         _set_threads()
-        # split channels only when there are fewer images than threads (each block re-derives the cells)
-        n_blocks = max(1, min(ch, -(-numba.get_num_threads() // batch)))
+        # channel blocks only so that the tasks fill the threads evenly (each block re-derives the cells);
+        # blocks of at least 8 channels keep the channel loops vectorised
+        threads = numba.get_num_threads()
+        n_blocks = max(1, min(threads // math.gcd(batch, threads), ch // 8))
         table = _padded_table(input.detach())
         grad_table = torch.zeros_like(table) if need_x else table.new_zeros(batch, 0, ch)
         grad_off = torch.zeros(n_blocks, batch, 2 * n_points, n_out, dtype=table.dtype)
