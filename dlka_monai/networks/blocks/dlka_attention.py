@@ -18,7 +18,7 @@ from monai.networks.layers.factories import Conv
 from torch import nn
 from torchvision.ops import DeformConv2d
 
-from dlka_monai.networks.layers import DeformConv3dPack, FastDilatedDepthwiseConv3d
+from dlka_monai.networks.layers import DeformConv3dPack, FastDilatedDepthwiseConv3d, deform_conv2d_depthwise
 
 __all__ = ["DeformableDepthwiseConv2d", "DeformableLKA", "DLKAttention"]
 
@@ -30,7 +30,9 @@ class DeformableDepthwiseConv2d(nn.Module):
     deformable conv (so its output has the deformable conv's output size), xavier-uniform initialised
     with zero bias, as in the authors' 2D D-LKA decoder. ``deform_conv`` is
     :class:`torchvision.ops.DeformConv2d` with ``groups=C`` (one ``k×k`` filter per channel), no bias
-    and no modulation mask.
+    and no modulation mask: it holds the weight (the authors' state-dict keys), while ``forward`` runs
+    :func:`~dlka_monai.networks.layers.deform_conv2d_depthwise` with it (the same op, with a fast CPU
+    kernel), and torchvision's op itself under ``torch.jit.trace``.
 
     Args:
         channels: input = output channels ``C``.
@@ -54,7 +56,12 @@ class DeformableDepthwiseConv2d(nn.Module):
         nn.init.zeros_(self.offset_net.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.deform_conv(x, self.offset_net(x))
+        offset = self.offset_net(x)
+        dc = self.deform_conv
+        # a traced graph cannot hold the kernel's Python autograd function: trace torchvision's op
+        if torch.jit.is_tracing():
+            return dc(x, offset)
+        return deform_conv2d_depthwise(x, offset, dc.weight, dc.bias, dc.stride, dc.padding, dc.dilation)
 
 
 class DeformableLKA(nn.Module):

@@ -21,7 +21,7 @@ _logger = logging.getLogger(__name__)
 
 
 @functools.cache
-def kernel_module(op: str, device: str, module: str, package: str) -> ModuleType | None:
+def kernel_module(op: str, device: str, module: str, package: str, fallback: str = "pure-PyTorch path") -> ModuleType | None:
     """The kernel module ``dlka_monai.networks.layers.<module>``, or None when ``package`` cannot be
     imported; logs once which path ``op`` runs on ``device``.
 
@@ -30,11 +30,12 @@ def kernel_module(op: str, device: str, module: str, package: str) -> ModuleType
         device: device name for the log line, e.g. ``"CPU"``.
         module: module name inside ``dlka_monai.networks.layers``.
         package: the pip package the kernels need (named in the log line and the install hint).
+        fallback: what runs without them, for the log line.
     """
     try:
         kernels = importlib.import_module(f"dlka_monai.networks.layers.{module}")
     except ImportError as e:
-        _logger.info(f"{op} on {device}: pure-PyTorch path ({package} unavailable: {e}); pip install {package}")
+        _logger.info(f"{op} on {device}: {fallback} ({package} unavailable: {e}); pip install {package}")
         return None
     try:
         found = version(package)
