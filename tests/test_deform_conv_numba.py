@@ -114,3 +114,22 @@ def test_pure_pytorch_fallback_without_numba():
     assert proc.stdout.strip() == "OK"
     lines = [line for line in proc.stderr.splitlines() if line.startswith(kernels.__name__)]
     assert len(lines) == 1 and "pure-PyTorch" in lines[0], proc.stderr
+
+
+def test_first_kernel_call_keeps_torch_threads():
+    """Starting numba's OpenMP thread pool resets OpenMP's thread count, which is torch's: a fresh process
+    that asked torch for one thread still has one after the first kernel call."""
+    script = textwrap.dedent(
+        """
+        import torch
+        torch.set_num_threads(1)
+        from dlka_monai.networks.layers.deform_conv_numba import deform_conv3d_numba
+        x = torch.randn(1, 2, 3, 3, 3)
+        deform_conv3d_numba(x, torch.zeros(1, 81, 3, 3, 3), torch.randn(2, 2, 3, 3, 3), None, (1,) * 3, (1,) * 3, (1,) * 3)
+        print(torch.get_num_threads())
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"

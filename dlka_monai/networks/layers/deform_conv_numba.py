@@ -186,7 +186,12 @@ class _Geometry:
 
 
 def _set_threads() -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """numba's kernels use torch's thread count."""
+    n = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    # the first call starts numba's thread pool, which with its OpenMP layer resets OpenMP's count (torch's)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 class _DeformConv3dNumbaFn(torch.autograd.Function):
