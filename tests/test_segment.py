@@ -133,4 +133,7 @@ def test_cli_ensemble_of_folds_averages_the_models(tiny_bundle, demo_dataset, tm
     assert main(["-i", str(image), "-o", str(tmp_path / "one.nii.gz"), "--model", str(tiny_bundle)]) == 0
     _assert_same_space(tmp_path / "ens.nii.gz", image)
     ens, one = (np.asarray(nib.load(tmp_path / f"{n}.nii.gz").dataobj) for n in ("ens", "one"))
-    np.testing.assert_array_equal(ens, one)
+    # the same up to float rounding (softmax of the log of the mean probability), which can flip a voxel
+    # where the tiny model's two best classes tie to ~1e-7
+    assert (ens != one).sum() <= max(2, ens.size // 10**6)
+    assert (ens == 0).mean() < 0.999 and len(np.unique(one)) > 2  # a real label map, not all background

@@ -2,7 +2,7 @@ from .deform_conv import deform_conv3d
 from .deform_conv2d import deform_conv2d_depthwise
 from .deform_conv_fast import FastDilatedDepthwiseConv3d, deform_conv3d_fast, dilated_depthwise_conv3d
 from .deformable import DeformConv3d, DeformConv3dPack
-from .instance_norm import ChannelsLastConv3d, ChannelsLastInstanceNorm3d, keep_channels_last
+from .channels_last import ChannelsLastConv3d, ChannelsLastInstanceNorm3d, keep_channels_last
 
 __all__ = [
     "ChannelsLastConv3d",

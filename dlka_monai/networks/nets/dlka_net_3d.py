@@ -11,7 +11,7 @@ from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetResBlock
 from torch import nn
 
 from dlka_monai.networks.blocks.dlka_stages import DLKAEncoder, DLKAUpBlock
-from dlka_monai.networks.layers.instance_norm import keep_channels_last
+from dlka_monai.networks.layers.channels_last import keep_channels_last
 
 __all__ = ["DLKANet3D"]
 
