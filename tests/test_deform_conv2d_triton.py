@@ -76,10 +76,10 @@ _SCRIPT = textwrap.dedent(
         results[f"stride2_{tag}"] = compare((2, 3, (7, 6), 3, 2, 1, 1), dtype)
     results["far_outside_float32"] = compare((1, 2, (4, 5), 3, 1, 1, 1), torch.float32, amp=6.0)
     results["far_outside_alone_float32"] = compare((1, 2, (4, 5), 3, 1, 1, 1), torch.float32, amp=6.0, alone=True)
-    # 2 images of 3 pixel blocks of 4 (the last masked), 3 channel blocks of 2 (the last masked)
+    # 2 images of 2 pixel blocks of 4 (the last masked), 3 channel blocks of 2 (the last masked)
     saved = dct._BLOCK_N, dct._MAX_BLOCK_C
     dct._BLOCK_N, dct._MAX_BLOCK_C = 4, 2
-    results["blocks_float64"] = compare((2, 5, (3, 3), 3, 1, 1, 1), torch.float64)
+    results["blocks_float64"] = compare((2, 5, (3, 2), 3, 1, 1, 1), torch.float64)
     dct._BLOCK_N, dct._MAX_BLOCK_C = saved
 
     torch.manual_seed(3)
@@ -124,7 +124,9 @@ def test_interpreted_gradcheck_float64(interpreted):
     assert interpreted["gradcheck"] is True
 
 
-@pytest.mark.parametrize("dtypes, ones", [(("fp32", "fp32"), ()), (("fp64", "fp64"), ("C", "kw", "H", "B"))], ids=["fp32", "fp64_ones"])
+@pytest.mark.parametrize(
+    "dtypes, ones", [(("fp32", "fp32"), ()), (("fp64", "fp64"), ("C", "kw", "H", "B"))], ids=["fp32", "fp64_ones"]
+)
 def test_kernels_compile_for_cuda(dtypes, ones):
     """The interpreter does not check types as the compiler does: compile every kernel variant to a
     cubin for sm_90 (no GPU needed), tensors and offsets of the given dtypes, the integer arguments that
@@ -183,7 +185,8 @@ def test_cuda_without_triton_selects_torchvision_and_logs_once(monkeypatch, capl
     finally:
         kernels.kernel_module.cache_clear()
     lines = [r.getMessage() for r in caplog.records if r.name == kernels.__name__]
-    assert len(lines) == 1 and "deform_conv2d_depthwise on CUDA: torchvision's deform_conv2d (triton unavailable" in lines[0], lines
+    expected = "deform_conv2d_depthwise on CUDA: torchvision's deform_conv2d (triton unavailable"
+    assert len(lines) == 1 and expected in lines[0], lines
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
