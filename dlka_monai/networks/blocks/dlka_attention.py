@@ -31,8 +31,8 @@ class DeformableDepthwiseConv2d(nn.Module):
     with zero bias, as in the authors' 2D D-LKA decoder. ``deform_conv`` is
     :class:`torchvision.ops.DeformConv2d` with ``groups=C`` (one ``k×k`` filter per channel), no bias
     and no modulation mask: it holds the weight (the authors' state-dict keys), while ``forward`` runs
-    :func:`~dlka_monai.networks.layers.deform_conv2d_depthwise` with it (the same op, with a fast CPU
-    kernel), and torchvision's op itself under ``torch.jit.trace``.
+    :func:`~dlka_monai.networks.layers.deform_conv2d_depthwise` with it (the same op, with fast
+    kernels: numba on CPU, Triton on CUDA), and torchvision's op itself under ``torch.jit.trace``.
 
     Args:
         channels: input = output channels ``C``.

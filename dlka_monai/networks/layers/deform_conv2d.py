@@ -3,9 +3,11 @@
 
 torchvision computes a grouped deformable conv as one small GEMM per group, which for a depthwise
 weight (one ``k×k`` filter per channel, as in the 2D D-LKA decoder) costs 50-80× a plain depthwise conv
-on CPU. :func:`deform_conv2d_depthwise` has torchvision's semantics for that case and runs, on CPU with
-numba installed, the fused kernels of :mod:`~dlka_monai.networks.layers.deform_conv2d_numba`
-(no columns, no GEMM); everything else goes to torchvision, the reference.
+on CPU. :func:`deform_conv2d_depthwise` has torchvision's semantics for that case and runs fused kernels
+(no columns, no GEMM): on CPU with numba installed those of
+:mod:`~dlka_monai.networks.layers.deform_conv2d_numba`, on CUDA with Triton installed those of
+:mod:`~dlka_monai.networks.layers.deform_conv2d_triton`; everything else goes to torchvision, the
+reference.
 """
 
 from __future__ import annotations
@@ -25,6 +27,21 @@ __all__ = ["deform_conv2d_depthwise"]
 def numba_kernels():
     """The numba CPU kernels module, or None when numba cannot be imported (logged once)."""
     return kernel_module("deform_conv2d_depthwise", "CPU", "deform_conv2d_numba", "numba", fallback="torchvision's deform_conv2d")
+
+
+def triton_kernels():
+    """The Triton CUDA kernels module, or None when triton cannot be imported (logged once)."""
+    return kernel_module("deform_conv2d_depthwise", "CUDA", "deform_conv2d_triton", "triton", fallback="torchvision's deform_conv2d")
+
+
+def _kernel(device: torch.device):
+    """The kernel function a float32/float64 depthwise call on ``device`` runs: numba's on CPU, Triton's
+    on CUDA, where their package imports; None (torchvision's op) otherwise."""
+    if device.type == "cpu" and (kernels := numba_kernels()) is not None:
+        return kernels.deform_conv2d_depthwise_numba
+    if device.type == "cuda" and (kernels := triton_kernels()) is not None:
+        return kernels.deform_conv2d_depthwise_triton
+    return None
 
 
 def _is_depthwise(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, stride, padding, dilation) -> bool:
@@ -57,8 +74,9 @@ def deform_conv2d_depthwise(
     mask.
 
     Half precision (float16 / bfloat16, or mixed dtypes as under autocast) is computed in float32 with
-    autocast off and returned in the input's dtype. CPU float32/float64 tensors run the numba kernels
-    when numba is installed (:func:`numba_kernels`); other devices, dtypes and shapes run torchvision.
+    autocast off and returned in the input's dtype. Float32/float64 tensors run the numba kernels on CPU
+    when numba is installed (:func:`numba_kernels`) and the Triton kernels on CUDA when triton is
+    installed (:func:`triton_kernels`); other devices, dtypes and shapes run torchvision.
 
     Args:
         input: ``[B, C, H, W]``.
@@ -82,8 +100,7 @@ def deform_conv2d_depthwise(
     # plain tensors inside the autograd function: MONAI's MetaTensor overrides methods like new_empty
     input, offset, weight, bias = (_plain(t) for t in (input, offset, weight, bias))
     fast = input.dtype in (torch.float32, torch.float64) and _is_depthwise(input, offset, weight, stride, padding, dilation)
-    # one branch per device with a kernel (a CUDA one can be added here)
-    if fast and input.device.type == "cpu" and (kernels := numba_kernels()) is not None:
+    if fast and (kernel := _kernel(input.device)) is not None:
         input, offset, weight = (t.contiguous() for t in (input, offset, weight))
-        return kernels.deform_conv2d_depthwise_numba(input, offset, weight, bias, stride, padding, dilation)
+        return kernel(input, offset, weight, bias, stride, padding, dilation)
     return deform_conv2d(input, offset, weight, bias, stride, padding, dilation)
