@@ -168,6 +168,96 @@ def _padded_rows(x_b: torch.Tensor) -> torch.Tensor:
     return rows.view(-1, c)
 
 
+class _ColumnsDeformConv3dFn(torch.autograd.Function):
+    """The column algorithm of the compiled kernels (numba on CPU, Triton on CUDA), per image and chunk
+    of output voxels: forward = sampled columns ``[n, K * C_in]`` by a kernel, then one GEMM with the
+    weight; backward = ``grad_cols = grad_out @ weight`` (GEMM), the offset gradient by a kernel (which
+    refills the columns when the weight gradient ``grad_out^T @ cols`` needs them), the input gradient
+    scattered into a zero-padded channels-last table by a kernel. Only the passes the inputs need run.
+
+    ``apply(kernels, input, offset, weight, bias, stride, padding, dilation)``: ``kernels`` is the
+    backend's class, built once per call with ``(offset [B, 3K, N'] in the positions' dtype, in_ch,
+    size, out_size, kernel, stride, padding, dilation)`` and providing ``forward_cols(b, table, start,
+    cols)``, ``offset_grad(b, table, start, grad_cols, grad_off, cols, need_cols)`` and
+    ``input_grad(b, start, grad_cols, grad_table)``. Subclasses name the backend in the autograd graph.
+    """
+
+    @staticmethod
+    def forward(ctx, kernels, input, offset, weight, bias, stride, padding, dilation):
+        batch, in_ch, *size = input.shape
+        out_ch, _, *kernel = weight.shape
+        out_size = [_out_size(*a) for a in zip(size, kernel, stride, padding, dilation)]
+        n_out, n_points = math.prod(out_size), math.prod(kernel)
+        pos_dtype = torch.promote_types(offset.dtype, torch.float32)
+        off = offset.detach().to(pos_dtype).view(batch, 3 * n_points, n_out)
+        run = kernels(off, in_ch, size, out_size, kernel, stride, padding, dilation)
+        w_rows = weight.detach().permute(0, 2, 3, 4, 1).reshape(out_ch, n_points * in_ch)  # [C_out, K*C_in]
+        chunk = _chunk_voxels(n_out, n_points, in_ch, input.device)
+        cols = input.new_empty(chunk, n_points * in_ch)
+        out = input.new_empty(batch, n_out, out_ch)
+        for b in range(batch):
+            table = _padded_rows(input[b].detach())
+            for start in range(0, n_out, chunk):
+                n = min(chunk, n_out - start)
+                run.forward_cols(b, table, start, cols[:n])
+                torch.mm(cols[:n], w_rows.t(), out=out[b, start : start + n])
+        out = out.transpose(1, 2)
+        if bias is not None:
+            out = out + bias.view(1, -1, 1)
+        ctx.save_for_backward(input, offset, weight)
+        ctx.conf = (kernels, stride, padding, dilation, bias is not None)
+        return out.reshape(batch, out_ch, *out_size)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        input, offset, weight = ctx.saved_tensors
+        kernels, stride, padding, dilation, has_bias = ctx.conf
+        need_x, need_off, need_w, need_b = ctx.needs_input_grad[1:5]
+        batch, in_ch, *size = input.shape
+        out_ch, _, *kernel = weight.shape
+        out_size = list(grad_out.shape[2:])
+        n_out, n_points = math.prod(out_size), math.prod(kernel)
+        pos_dtype = torch.promote_types(offset.dtype, torch.float32)
+        off = offset.detach().to(pos_dtype).view(batch, 3 * n_points, n_out)
+        run = kernels(off, in_ch, size, out_size, kernel, stride, padding, dilation)
+        w_rows = weight.detach().permute(0, 2, 3, 4, 1).reshape(out_ch, n_points * in_ch)
+        chunk = _chunk_voxels(n_out, n_points, in_ch, input.device)
+        grad_out = grad_out.reshape(batch, out_ch, n_out)
+
+        grad_input = torch.empty_like(input) if need_x else None
+        grad_off = torch.zeros(batch, 3 * n_points, n_out, dtype=pos_dtype, device=input.device) if need_off else None
+        grad_w_rows = torch.zeros_like(w_rows) if need_w else None
+        grad_bias = grad_out.sum((0, 2)) if (need_b and has_bias) else None
+        cols = input.new_empty(chunk, n_points * in_ch)
+        grad_cols = input.new_empty(chunk, n_points * in_ch)
+        grad_table = input.new_empty((size[0] + 2) * (size[1] + 2) * (size[2] + 2), in_ch) if need_x else None
+        for b in range(batch):
+            table = _padded_rows(input[b].detach())
+            if need_x:
+                grad_table.zero_()
+            for start in range(0, n_out, chunk):
+                n = min(chunk, n_out - start)
+                g_rows = grad_out[b, :, start : start + n].t()  # [n, C_out]
+                if need_x or need_off:
+                    torch.mm(g_rows, w_rows, out=grad_cols[:n])
+                if need_off:
+                    run.offset_grad(b, table, start, grad_cols[:n], grad_off, cols[:n], need_w)
+                elif need_w:
+                    run.forward_cols(b, table, start, cols[:n])
+                if need_w:
+                    grad_w_rows.addmm_(g_rows.t(), cols[:n])
+                if need_x:
+                    run.input_grad(b, start, grad_cols[:n], grad_table)
+            if need_x:
+                grad_input[b].copy_(grad_table.view(*(s + 2 for s in size), in_ch)[1:-1, 1:-1, 1:-1].permute(3, 0, 1, 2))
+        grad_weight = None
+        if need_w:
+            grad_weight = grad_w_rows.view(out_ch, *kernel, in_ch).permute(0, 4, 1, 2, 3).contiguous()
+        grad_offset = grad_off.view(offset.shape).to(offset.dtype) if need_off else None
+        return None, grad_input, grad_offset, grad_weight, grad_bias, None, None, None
+
+
 class _DeformConv3dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, offset, weight, bias, stride, padding, dilation):

@@ -28,8 +28,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from dlka_monai.networks.layers.deform_conv import _out_size
-from dlka_monai.networks.layers.deform_conv_fast import _chunk_voxels, _padded_rows
+from dlka_monai.networks.layers.deform_conv_fast import _ColumnsDeformConv3dFn
 
 __all__ = ["deform_conv3d_numba"]
 
@@ -194,86 +193,31 @@ def _set_threads() -> None:
         torch.set_num_threads(n)
 
 
-class _DeformConv3dNumbaFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, offset, weight, bias, stride, padding, dilation):
-        batch, in_ch, *size = input.shape
-        out_ch, _, *kernel = weight.shape
-        out_size = [_out_size(*a) for a in zip(size, kernel, stride, padding, dilation)]
-        n_out, n_points = math.prod(out_size), math.prod(kernel)
-        pos_dtype = torch.promote_types(offset.dtype, torch.float32)
-        geo = _Geometry(size, out_size, kernel, stride, padding, dilation, pos_dtype)
-        off = offset.detach().to(pos_dtype).view(batch, 3 * n_points, n_out).numpy()
-        w_rows = weight.detach().permute(0, 2, 3, 4, 1).reshape(out_ch, n_points * in_ch)  # [C_out, K*C_in]
-        chunk = _chunk_voxels(n_out, n_points, in_ch, input.device)
-        cols = input.new_empty(chunk, n_points * in_ch)
-        out = input.new_empty(batch, n_out, out_ch)
-        _set_threads()
-        for b in range(batch):
-            table = _padded_rows(input[b]).numpy()
-            for start in range(0, n_out, chunk):
-                n = min(chunk, n_out - start)
-                _forward_cols(table, off, b, start, cols[:n].view(n, n_points, in_ch).numpy(), *geo.args())
-                torch.mm(cols[:n], w_rows.t(), out=out[b, start : start + n])
-        out = out.transpose(1, 2)
-        if bias is not None:
-            out = out + bias.view(1, -1, 1)
-        ctx.save_for_backward(input, offset, weight)
-        ctx.conf = (stride, padding, dilation, bias is not None)
-        return out.reshape(batch, out_ch, *out_size)
+class _NumbaKernels:
+    """This module's kernels for one call of :class:`_ColumnsDeformConv3dFn` (the tensors as NumPy views)."""
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        input, offset, weight = ctx.saved_tensors
-        stride, padding, dilation, has_bias = ctx.conf
-        need_x, need_off, need_w, need_b = ctx.needs_input_grad[:4]
-        batch, in_ch, *size = input.shape
-        out_ch, _, *kernel = weight.shape
-        out_size = list(grad_out.shape[2:])
-        n_out, n_points = math.prod(out_size), math.prod(kernel)
-        pos_dtype = torch.promote_types(offset.dtype, torch.float32)
-        geo = _Geometry(size, out_size, kernel, stride, padding, dilation, pos_dtype)
-        off = offset.detach().to(pos_dtype).view(batch, 3 * n_points, n_out).numpy()
-        w_rows = weight.detach().permute(0, 2, 3, 4, 1).reshape(out_ch, n_points * in_ch)
-        chunk = _chunk_voxels(n_out, n_points, in_ch, input.device)
-        grad_out = grad_out.reshape(batch, out_ch, n_out)
-
-        grad_input = torch.empty_like(input) if need_x else None
-        grad_off = torch.zeros(batch, 3 * n_points, n_out, dtype=pos_dtype) if need_off else None
-        grad_w_rows = torch.zeros_like(w_rows) if need_w else None
-        grad_bias = grad_out.sum((0, 2)) if (need_b and has_bias) else None
-        cols = input.new_empty(chunk, n_points * in_ch)
-        grad_cols = input.new_empty(chunk, n_points * in_ch)
-        grad_table = input.new_empty((size[0] + 2) * (size[1] + 2) * (size[2] + 2), in_ch) if need_x else None
+    def __init__(self, off, in_ch, size, out_size, kernel, stride, padding, dilation):
+        self.off = off.numpy()
+        self.geo = _Geometry(size, out_size, kernel, stride, padding, dilation, off.dtype).args()
+        self.n_points, self.in_ch = math.prod(kernel), in_ch
         _set_threads()
-        n_blocks = min(in_ch, numba.get_num_threads())
-        for b in range(batch):
-            table = _padded_rows(input[b]).numpy()
-            if need_x:
-                grad_table.zero_()
-            for start in range(0, n_out, chunk):
-                n = min(chunk, n_out - start)
-                g_rows = grad_out[b, :, start : start + n].t()  # [n, C_out]
-                cols_np = cols[:n].view(n, n_points, in_ch).numpy()
-                grad_cols_np = grad_cols[:n].view(n, n_points, in_ch).numpy()
-                if need_x or need_off:
-                    torch.mm(g_rows, w_rows, out=grad_cols[:n])
-                if need_off:
-                    _offset_grad(table, off, b, start, grad_cols_np, grad_off.numpy(), cols_np, need_w, *geo.args())
-                elif need_w:
-                    _forward_cols(table, off, b, start, cols_np, *geo.args())
-                if need_w:
-                    grad_w_rows.addmm_(g_rows.t(), cols[:n])
-                if need_x:
-                    _input_grad(off, b, start, grad_cols_np, grad_table.numpy(), n_blocks, *geo.args())
-            if need_x:
-                grad_input[b].copy_(grad_table.view(*(s + 2 for s in size), in_ch)[1:-1, 1:-1, 1:-1].permute(3, 0, 1, 2))
-        grad_weight = None
-        if need_w:
-            grad_weight = grad_w_rows.view(out_ch, *kernel, in_ch).permute(0, 4, 1, 2, 3).contiguous()
-        grad_offset = grad_off.view(offset.shape).to(offset.dtype) if need_off else None
-        return grad_input, grad_offset, grad_weight, grad_bias, None, None, None
+        self.n_blocks = min(in_ch, numba.get_num_threads())
+
+    def _cols(self, t: torch.Tensor) -> np.ndarray:
+        return t.view(t.shape[0], self.n_points, self.in_ch).numpy()
+
+    def forward_cols(self, b, table, start, cols):
+        _forward_cols(table.numpy(), self.off, b, start, self._cols(cols), *self.geo)
+
+    def offset_grad(self, b, table, start, grad_cols, grad_off, cols, need_cols):
+        _offset_grad(table.numpy(), self.off, b, start, self._cols(grad_cols), grad_off.numpy(), self._cols(cols), need_cols, *self.geo)
+
+    def input_grad(self, b, start, grad_cols, grad_table):
+        _input_grad(self.off, b, start, self._cols(grad_cols), grad_table.numpy(), self.n_blocks, *self.geo)
+
+
+class _DeformConv3dNumbaFn(_ColumnsDeformConv3dFn):
+    """:class:`_ColumnsDeformConv3dFn` with the numba kernels (its name marks the path in the graph)."""
 
 
 def deform_conv3d_numba(input, offset, weight, bias, stride, padding, dilation) -> torch.Tensor:
@@ -290,4 +234,4 @@ def deform_conv3d_numba(input, offset, weight, bias, stride, padding, dilation) 
     Returns:
         ``[B, C_out, D', H', W']``.
     """
-    return _DeformConv3dNumbaFn.apply(input, offset, weight, bias, stride, padding, dilation)
+    return _DeformConv3dNumbaFn.apply(_NumbaKernels, input, offset, weight, bias, stride, padding, dilation)

@@ -29,8 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dlka_monai.networks.layers.deform_conv import _out_size
-from dlka_monai.networks.layers.deform_conv_fast import _chunk_voxels, _padded_rows
+from dlka_monai.networks.layers.deform_conv_fast import _ColumnsDeformConv3dFn
 
 __all__ = ["deform_conv3d_triton"]
 
@@ -235,83 +234,30 @@ class _Launch:
         return (triton.cdiv(n, self.blocks["BLOCK_N"]), self.n_points)
 
 
-class _DeformConv3dTritonFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, offset, weight, bias, stride, padding, dilation):
-        batch, in_ch, *size = input.shape
-        out_ch, _, *kernel = weight.shape
-        out_size = [_out_size(*a) for a in zip(size, kernel, stride, padding, dilation)]
-        lc = _Launch(in_ch, size, out_size, kernel, stride, padding, dilation)
-        n_out, n_points = lc.n_out, lc.n_points
-        pos_dtype = torch.promote_types(offset.dtype, torch.float32)
-        off = offset.detach().to(pos_dtype).view(batch, 3 * n_points, n_out)
-        w_rows = weight.detach().permute(0, 2, 3, 4, 1).reshape(out_ch, n_points * in_ch)  # [C_out, K*C_in]
-        chunk = _chunk_voxels(n_out, n_points, in_ch, input.device)
-        cols = input.new_empty(chunk, n_points * in_ch)
-        out = input.new_empty(batch, n_out, out_ch)
-        for b in range(batch):
-            table = _padded_rows(input[b].detach())
-            for start in range(0, n_out, chunk):
-                n = min(chunk, n_out - start)
-                _forward_cols_kernel[lc.grid(n)](table, off[b], cols, start, n, *lc.geo, **lc.blocks)
-                torch.mm(cols[:n], w_rows.t(), out=out[b, start : start + n])
-        out = out.transpose(1, 2)
-        if bias is not None:
-            out = out + bias.view(1, -1, 1)
-        ctx.save_for_backward(input, offset, weight)
-        ctx.conf = (stride, padding, dilation, bias is not None)
-        return out.reshape(batch, out_ch, *out_size)
+class _TritonKernels:
+    """This module's kernels for one call of :class:`_ColumnsDeformConv3dFn`."""
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        input, offset, weight = ctx.saved_tensors
-        stride, padding, dilation, has_bias = ctx.conf
-        need_x, need_off, need_w, need_b = ctx.needs_input_grad[:4]
-        batch, in_ch, *size = input.shape
-        out_ch, _, *kernel = weight.shape
-        out_size = list(grad_out.shape[2:])
-        lc = _Launch(in_ch, size, out_size, kernel, stride, padding, dilation)
-        n_out, n_points = lc.n_out, lc.n_points
-        pos_dtype = torch.promote_types(offset.dtype, torch.float32)
-        off = offset.detach().to(pos_dtype).view(batch, 3 * n_points, n_out)
-        w_rows = weight.detach().permute(0, 2, 3, 4, 1).reshape(out_ch, n_points * in_ch)
-        chunk = _chunk_voxels(n_out, n_points, in_ch, input.device)
-        grad_out = grad_out.reshape(batch, out_ch, n_out)
+    def __init__(self, off, in_ch, size, out_size, kernel, stride, padding, dilation):
+        self.off = off
+        self.lc = _Launch(in_ch, size, out_size, kernel, stride, padding, dilation)
 
-        grad_input = torch.empty_like(input) if need_x else None
-        grad_off = torch.zeros(batch, 3 * n_points, n_out, dtype=pos_dtype, device=input.device) if need_off else None
-        grad_w_rows = torch.zeros_like(w_rows) if need_w else None
-        grad_bias = grad_out.sum((0, 2)) if (need_b and has_bias) else None
-        cols = input.new_empty(chunk, n_points * in_ch)
-        grad_cols = input.new_empty(chunk, n_points * in_ch)
-        grad_table = input.new_empty((size[0] + 2) * (size[1] + 2) * (size[2] + 2), in_ch) if need_x else None
-        for b in range(batch):
-            table = _padded_rows(input[b].detach())
-            if need_x:
-                grad_table.zero_()
-            for start in range(0, n_out, chunk):
-                n = min(chunk, n_out - start)
-                g_rows = grad_out[b, :, start : start + n].t()  # [n, C_out]
-                if need_x or need_off:
-                    torch.mm(g_rows, w_rows, out=grad_cols[:n])
-                if need_off:
-                    _offset_grad_kernel[lc.grid(n)](
-                        table, off[b], grad_cols, grad_off[b], cols, start, n, *lc.geo, NEED_COLS=need_w, **lc.blocks
-                    )
-                elif need_w:
-                    _forward_cols_kernel[lc.grid(n)](table, off[b], cols, start, n, *lc.geo, **lc.blocks)
-                if need_w:
-                    grad_w_rows.addmm_(g_rows.t(), cols[:n])
-                if need_x:
-                    _input_grad_kernel[lc.grid(n)](off[b], grad_cols, grad_table, start, n, *lc.geo, **lc.blocks)
-            if need_x:
-                grad_input[b].copy_(grad_table.view(*(s + 2 for s in size), in_ch)[1:-1, 1:-1, 1:-1].permute(3, 0, 1, 2))
-        grad_weight = None
-        if need_w:
-            grad_weight = grad_w_rows.view(out_ch, *kernel, in_ch).permute(0, 4, 1, 2, 3).contiguous()
-        grad_offset = grad_off.view(offset.shape).to(offset.dtype) if need_off else None
-        return grad_input, grad_offset, grad_weight, grad_bias, None, None, None
+    def forward_cols(self, b, table, start, cols):
+        lc, n = self.lc, cols.shape[0]
+        _forward_cols_kernel[lc.grid(n)](table, self.off[b], cols, start, n, *lc.geo, **lc.blocks)
+
+    def offset_grad(self, b, table, start, grad_cols, grad_off, cols, need_cols):
+        lc, n = self.lc, grad_cols.shape[0]
+        _offset_grad_kernel[lc.grid(n)](
+            table, self.off[b], grad_cols, grad_off[b], cols, start, n, *lc.geo, NEED_COLS=need_cols, **lc.blocks
+        )
+
+    def input_grad(self, b, start, grad_cols, grad_table):
+        lc, n = self.lc, grad_cols.shape[0]
+        _input_grad_kernel[lc.grid(n)](self.off[b], grad_cols, grad_table, start, n, *lc.geo, **lc.blocks)
+
+
+class _DeformConv3dTritonFn(_ColumnsDeformConv3dFn):
+    """:class:`_ColumnsDeformConv3dFn` with the Triton kernels (its name marks the path in the graph)."""
 
 
 def deform_conv3d_triton(input, offset, weight, bias, stride, padding, dilation) -> torch.Tensor:
@@ -330,4 +276,4 @@ def deform_conv3d_triton(input, offset, weight, bias, stride, padding, dilation)
     """
     # Triton launches on the current device (autograd's device threads set it for backward)
     with torch.cuda.device(input.device) if input.is_cuda else contextlib.nullcontext():
-        return _DeformConv3dTritonFn.apply(input, offset, weight, bias, stride, padding, dilation)
+        return _DeformConv3dTritonFn.apply(_TritonKernels, input, offset, weight, bias, stride, padding, dilation)
