@@ -2,7 +2,9 @@
 """numba CPU kernels of the 3D deformable convolution (D3D semantics, no mask, groups=1).
 
 The CPU path of :func:`~dlka_monai.networks.layers.deform_conv_fast.deform_conv3d_fast` when numba is
-installed. Per chunk of output voxels and per image:
+installed. The loop over images and chunks of output voxels is
+:class:`~dlka_monai.networks.layers.deform_conv_fast._ColumnsDeformConv3dFn`, shared with the Triton
+kernels; this module provides its three kernels:
 
 * forward: one kernel computes, for each output voxel and kernel point, the 8 corner rows and
   trilinear weights once (in registers) and blends all channels of the zero-padded channels-last input

@@ -2,7 +2,9 @@
 """Triton CUDA kernels of the 3D deformable convolution (D3D semantics, no mask, groups=1).
 
 The CUDA path of :func:`~dlka_monai.networks.layers.deform_conv_fast.deform_conv3d_fast` when Triton
-is installed; the structure of :mod:`~dlka_monai.networks.layers.deform_conv_numba` (the CPU kernels).
+is installed; the three kernels of
+:class:`~dlka_monai.networks.layers.deform_conv_fast._ColumnsDeformConv3dFn`, as
+:mod:`~dlka_monai.networks.layers.deform_conv_numba` provides them on CPU.
 Per image and chunk of output voxels, each program handles a block of output voxels and one kernel
 point: it computes the 8 corner rows and trilinear weights once and then loops over the channels of
 the zero-padded channels-last input table in blocks of ``BLOCK_C``:
