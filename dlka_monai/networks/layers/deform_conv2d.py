@@ -18,6 +18,7 @@ import torch
 from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d
 
+from dlka_monai.networks.layers.deform_conv import _out_size
 from dlka_monai.networks.layers.deform_conv_fast import _plain
 from dlka_monai.networks.layers.kernels import kernel_module
 
@@ -51,7 +52,7 @@ def _is_depthwise(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
         return False
     batch, ch, *size = input.shape
     kernel = weight.shape[2:]
-    out = [(s + 2 * p - d * (k - 1) - 1) // t + 1 for s, k, t, p, d in zip(size, kernel, stride, padding, dilation)]
+    out = [_out_size(*a) for a in zip(size, kernel, stride, padding, dilation)]
     return (
         tuple(weight.shape[:2]) == (ch, 1)
         and tuple(offset.shape) == (batch, 2 * kernel[0] * kernel[1], *out)
