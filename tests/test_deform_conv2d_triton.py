@@ -6,13 +6,9 @@ this process, and every other test, sees triton unchanged. On a machine with CUD
 are also compared directly.
 """
 
-import json
 import logging
-import os
-import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,9 +18,8 @@ from dlka_monai.networks.layers import deform_conv2d as dc2d
 from dlka_monai.networks.layers import kernels
 from test_deform_conv2d_depthwise import _case, _close
 
-triton = pytest.importorskip("triton", exc_type=ImportError)
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+pytest.importorskip("triton", exc_type=ImportError)
+from test_deform_conv_triton import compile_for_sm90, run_interpreted  # noqa: E402 (needs triton)
 
 # (batch, C, (H, W), k, stride, padding, dilation) as in test_deform_conv2d_depthwise: offsets of up to
 # 3 pixels (6 in "far") cross the border, kept off integer positions; shapes tiny because the
@@ -102,11 +97,7 @@ _CHECKS = [
 def interpreted():
     """Errors ``[max |triton - torchvision|, max |torchvision|]`` per check and quantity, from the
     kernels run by Triton's interpreter on CPU tensors."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted(_SCRIPT)
 
 
 @pytest.mark.parametrize("check", _CHECKS)
@@ -131,9 +122,6 @@ def test_kernels_compile_for_cuda(dtypes, ones):
     """The interpreter does not check types as the compiler does: compile every kernel variant to a
     cubin for sm_90 (no GPU needed), tensors and offsets of the given dtypes, the integer arguments that
     Triton specialises when they are 1 given as constants (``B``: the backward kernel's only)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from dlka_monai.networks.layers import deform_conv2d_triton as dct
 
     table, pos = (f"*{d}" for d in dtypes)
@@ -144,10 +132,7 @@ def test_kernels_compile_for_cuda(dtypes, ones):
     for flags in ((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)):
         variants.append((dct._backward_kernel, dict(zip(("NEED_X", "NEED_OFF", "NEED_W"), map(bool, flags)))))
     for fn, extra in variants:
-        c = dict(BLOCK_N=16, BLOCK_C=16, **{name: 1 for name in ones if name in fn.arg_names}, **extra)
-        sig = {a: "constexpr" if a in c else ptr_types.get(a, "i32") for a in fn.arg_names}
-        compiled = triton.compile(ASTSource(fn, sig, c), target=GPUTarget("cuda", 90, 32))
-        assert compiled.asm["cubin"]
+        compiled = compile_for_sm90(fn, ptr_types, dict(BLOCK_N=16, BLOCK_C=16, **{name: 1 for name in ones if name in fn.arg_names}, **extra))
     # the scatter's and the weight gradient's atomics
     assert f"atom.global.gpu.relaxed.add.f{dtypes[0][2:]}" in compiled.asm["ptx"]
 

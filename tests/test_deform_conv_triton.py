@@ -92,15 +92,33 @@ _CHECKS = [
 ]
 
 
+def run_interpreted(script: str) -> dict:
+    """Run ``script`` under Triton's interpreter in a fresh process (the package and this folder
+    importable) and return the JSON object it prints last."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compile_for_sm90(fn, ptr_types: dict, constants: dict):
+    """Compile the Triton kernel ``fn`` to a cubin for sm_90 (no GPU needed): the pointers typed by
+    ``ptr_types``, the arguments in ``constants`` as constants, every other one i32."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig = {a: "constexpr" if a in constants else ptr_types.get(a, "i32") for a in fn.arg_names}
+    compiled = triton.compile(ASTSource(fn, sig, constants), target=GPUTarget("cuda", 90, 32))
+    assert compiled.asm["cubin"]
+    return compiled
+
+
 @pytest.fixture(scope="module")
 def interpreted():
     """Errors ``[max |triton - reference|, max |reference|]`` per check and quantity, from the kernels
     run by Triton's interpreter on CPU tensors."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted(_SCRIPT)
 
 
 @pytest.mark.parametrize("check", _CHECKS)
@@ -125,9 +143,6 @@ def test_kernels_compile_for_cuda(dtypes, ones):
     """The interpreter does not check types as the compiler does: compile every kernel to a cubin for
     sm_90 (no GPU needed), table and offsets of the given dtypes, the integer arguments that Triton
     specialises when they are 1 given as constants."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from dlka_monai.networks.layers import deform_conv_triton as dct
 
     table, pos = (f"*{d}" for d in dtypes)
@@ -135,10 +150,7 @@ def test_kernels_compile_for_cuda(dtypes, ones):
     consts = dict(BLOCK_N=16, BLOCK_C=16, **{name: 1 for name in ones})
     for fn, extra in ((dct._forward_cols_kernel, {}), (dct._offset_grad_kernel, dict(NEED_COLS=True)),
                       (dct._offset_grad_kernel, dict(NEED_COLS=False)), (dct._input_grad_kernel, {})):  # fmt: skip
-        c = {**consts, **extra}
-        sig = {a: "constexpr" if a in c else ptr_types.get(a, "i32") for a in fn.arg_names}
-        compiled = triton.compile(ASTSource(fn, sig, c), target=GPUTarget("cuda", 90, 32))
-        assert compiled.asm["cubin"]
+        compiled = compile_for_sm90(fn, ptr_types, {**consts, **extra})
     assert f"atom.global.gpu.relaxed.add.f{dtypes[0][2:]}" in compiled.asm["ptx"]  # the scatter's atomics
 
 
