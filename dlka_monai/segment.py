@@ -8,6 +8,12 @@ dermoscopic photographs (JPG, PNG, BMP) with a skin model.
     dlka-segment -i scan.nii.gz -o scan_seg.nii.gz --model 'models/fold_*/model.pt'   # ensemble of folds
     dlka-segment -i photos/ -o masks/ --model models/skin/model.pt   # lesion masks, PNG at each photo's size
 
+Paths are taken literally: a -i or --model path that exists is that file or folder, even if its name
+holds glob characters (``run[1].pt``) or ``#``; only a pattern that names no existing file is expanded.
+Outputs never replace an input, two inputs never write one output, and an existing output is replaced only
+with --overwrite (for re-runs into the same folder). ``-o NAME.nii`` writes uncompressed NIfTI,
+``-o NAME.nii.gz`` gzip-compressed.
+
 The model's plan (stored with its weights) gives the network, the preprocessing and the class names, so
 any model the bundle trained, or the packer packed, segments as it is. The label maps (uint8 NIfTI) are in
 the input's space: same shape, affine and orientation.
@@ -15,7 +21,8 @@ the input's space: same shape, affine and orientation.
 
 from __future__ import annotations
 
-import glob
+import gzip
+import os
 import shutil
 import sys
 import tempfile
@@ -28,12 +35,12 @@ from ignite.handlers import ProgressBar
 from monai.bundle import ConfigWorkflow
 
 from dlka_monai.bundle_files import bundle_root
-from dlka_monai.cli import ArgumentParser
+from dlka_monai.cli import ArgumentParser, literal
 from dlka_monai.data import NIFTI_SUFFIXES, InvalidInputError, SITKReader, check_output_dir, inference_datalist
 from dlka_monai.plan import class_names
 from dlka_monai.weights import load_model, model_files, model_plan
 
-__all__ = ["MODEL_NAMES", "main", "resolve_model", "segment"]
+__all__ = ["MODEL_NAMES", "main", "output_paths", "resolve_model", "segment"]
 
 MODEL_NAMES = {"synapse": "models/model.pt", "pancreas": "models/pancreas/model.pt", "2d": "models/2d/model.pt"}
 """``--model`` names: where the repository bundle's training configs write each model."""
@@ -48,21 +55,20 @@ def resolve_model(model: str) -> tuple[Path, Path]:
 
     A name of :data:`MODEL_NAMES`: that model of the repository bundle; a folder: a bundle
     (``configs/inference.json``, ``models/model.pt``); a file: a model for the repository bundle's configs;
-    a glob pattern (``"models/fold_*/model.pt"``): the ensemble of the models it matches, whose softmax
-    probabilities are averaged.
+    a glob pattern (``"models/fold_*/model.pt"``) that names no existing file: the ensemble of the models
+    it matches, whose softmax probabilities are averaged. An existing path is always taken literally.
     """
+    path = Path(model)
     if model in MODEL_NAMES:
         root = bundle_root()
         ckpt = root / MODEL_NAMES[model]
-    elif Path(model).is_dir():
-        root = Path(model).resolve()
+    elif path.is_dir():
+        root = path.resolve()
         ckpt = root / "models" / "model.pt"
-    elif Path(model).is_file():
-        root, ckpt = bundle_root(), Path(model).resolve()
-    elif glob.has_magic(model):
-        root, ckpt = bundle_root(), Path(model).absolute()
-        model_files(ckpt)  # matches something
-        return root, ckpt
+    elif path.is_file():
+        root, ckpt = bundle_root(), path.resolve()
+    elif not os.path.lexists(model) and model_files(path.absolute()) != [str(path.absolute())]:
+        return bundle_root(), path.absolute()  # a pattern that matches model files
     else:
         raise SegmentError(
             f"--model {model}: not one of {', '.join(MODEL_NAMES)}, a bundle folder, a model file or a pattern of model files."
@@ -84,6 +90,64 @@ def _output_target(output: Path, n_cases: int) -> tuple[Path, Path | None]:
     return output, None
 
 
+def _stem(image: str | os.PathLike) -> str:
+    """The name MONAI's ``SaveImaged`` derives from an input path: its file name without the extension
+    (``.nii.gz`` counting as one)."""
+    stem, ext = os.path.splitext(os.path.basename(os.path.normpath(image)))
+    return os.path.splitext(stem)[0] if ext == ".gz" else stem
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.realpath(a) == os.path.realpath(b) or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def output_paths(inputs: list[Path], targets: list[Path], overwrite: bool = False) -> list[Path]:
+    """Check the planned outputs ``targets`` of ``inputs`` (one each, in order): no output is an input, no two inputs write one output, and none exists unless ``overwrite``.
+    Returns ``targets``.
+
+    Raises:
+        SegmentError: in one line, naming the files.
+    """
+    for image, target in zip(inputs, targets):
+        for other in inputs:
+            if _same_file(target, other):
+                raise SegmentError(
+                    f"the output of {image} would be written over the input {other}; choose another -o "
+                    "(an output folder apart from the inputs)."
+                )
+    first: dict[str, Path] = {}
+    for image, target in zip(inputs, targets):
+        key = os.path.realpath(target)
+        if key in first:
+            raise SegmentError(f"{first[key]} and {image} would both be written to {target}; segment them into separate -o folders.")
+        first[key] = image
+    if not overwrite:
+        existing = [str(t) for t in targets if os.path.lexists(t)]
+        if existing:
+            more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+            raise SegmentError(
+                f"{', '.join(existing[:3])}{more} exist(s), e.g. from an earlier run: pass --overwrite to replace "
+                "the outputs (as a re-run does), or choose another -o."
+            )
+    for target in targets:
+        if target.is_dir():
+            raise SegmentError(f"{target} is a folder; it cannot be replaced by a label map.")
+    return targets
+
+
+def _place(staged: Path, target: Path) -> None:
+    """Move a staged ``.nii.gz`` label map to ``target``, uncompressed when its name ends in ``.nii``."""
+    if target.name.endswith(".nii"):
+        partial = staged.with_suffix(".part")
+        with gzip.open(staged, "rb") as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        staged = partial
+    os.replace(staged, target)
+
+
 def _volumes(pred, names: dict[int, str]) -> str:
     """The volume of every label of a saved label map, in mL."""
     voxel_ml = abs(float(torch.linalg.det(pred.affine[:3, :3].double()))) / 1000.0
@@ -100,10 +164,19 @@ def _input_error(error: BaseException) -> InvalidInputError | None:
 
 
 def segment(
-    input: str, output: str, model: str = "synapse", device: str = "auto", tta: bool = False, series: str | None = None
+    input: str,
+    output: str,
+    model: str = "synapse",
+    device: str = "auto",
+    tta: bool = False,
+    series: str | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Segment ``input`` into ``output``; prints one line per case (the file written and the volume of each
     class, named as the model's plan names them); returns the written files.
+
+    Every path is taken literally (see :func:`resolve_model`, :func:`output_paths`); ``overwrite``
+    replaces outputs of an earlier run, never an input.
 
     Raises:
         SegmentError, InvalidInputError: with a one-line message.
@@ -113,28 +186,31 @@ def segment(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
         raise SegmentError("--device cuda: no CUDA device available.")
-    plan = model_plan(model_files(ckpt)[0])
+    files = model_files(ckpt)
+    plan = model_plan(files[0])
     if plan["spatial_dims"] == 2 and plan["axcodes"] is None:
-        return _segment_photos(input, output, ckpt, plan, device)
+        return _segment_photos(input, output, files, plan, device, overwrite)
     names = class_names(plan)
     try:
         cases = inference_datalist(input=input, series_uid=series)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, OSError) as e:
         raise SegmentError(str(e)) from e
     folder, exact = _output_target(Path(output), len(cases))
+    inputs = [Path(case["image"]) for case in cases]
+    targets = output_paths(inputs, [exact or folder / f"{_stem(i)}_seg.nii.gz" for i in inputs], overwrite)
     check_output_dir(folder)
 
     with tempfile.TemporaryDirectory(dir=folder, prefix=".dlka-segment-") as staging:
-        # every value is passed as a Python object or an absolute path, never as a config string that the
-        # parser would evaluate ($), resolve (@) or expand (%): command-line values are data
+        # every value is passed as a Python object or literal(): never a config string that the parser would
+        # evaluate ($), resolve (@), expand (%) or rewrite (# -> ::): command-line values are data
         workflow = ConfigWorkflow(
             config_file=str(root / "configs" / "inference.json"),
             meta_file=str(root / "configs" / "metadata.json"),
             workflow_type="infer",
-            bundle_root=str(root),
-            ckpt_path=str(ckpt),
-            data=cases,  # checked above: not again by the config
-            output_dir=staging,
+            bundle_root=literal(str(root)),
+            ckpt_path=literal(str(ckpt)),
+            data=literal(cases),  # checked above: not again by the config
+            output_dir=literal(staging),
             device=torch.device(device),
             tta=tta,
             image_reader=[SITKReader(series_uid=series), "NibabelReader"],
@@ -156,29 +232,29 @@ def segment(
         except Exception as e:
             raise _input_error(e) or e
 
+        if len({path for path, _ in staged}) != len(cases):  # a name MONAI derives otherwise than _stem
+            raise SegmentError(f"two inputs were saved under one name in {folder}; segment them into separate -o folders.")
         # results are moved out of the staging folder only when every case succeeded
-        written = []
-        for (path, volumes), case in zip(staged, cases):
-            target = exact if exact is not None else folder / path.name
-            shutil.move(str(path), target)
-            written.append(target)
+        for (path, volumes), case, target in zip(staged, cases, targets):
+            _place(path, target)
             print(f"{Path(case['image']).name} -> {target}: {volumes}", flush=True)
-    return written
+    return targets
 
 
-def _segment_photos(input: str, output: str, ckpt: Path, plan: dict, device: str) -> list[Path]:
+def _segment_photos(input: str, output: str, files: list[str], plan: dict, device: str, overwrite: bool) -> list[Path]:
     """A photograph model (e.g. ``dlka2d_skin``): binary mask PNGs at the inputs' own sizes in ``output``."""
     from dlka_monai.inference.skin import image_files, segment_images
 
-    if glob.has_magic(str(ckpt)):
-        raise SegmentError(f"--model {ckpt}: ensembles of photograph models are not supported; give one model.")
-    files = image_files(input)
+    if len(files) != 1:
+        raise SegmentError(f"--model matches {len(files)} files: ensembles of photograph models are not supported; give one model.")
+    images = image_files(input)
     if Path(output).suffix:
         raise SegmentError(f"-o {output}: give a folder for the masks of a photograph model.")
+    output_paths(images, [Path(output) / f"{p.stem}_segmentation.png" for p in images], overwrite)
     check_output_dir(output)
-    network, _ = load_model(ckpt)
-    written = segment_images(files, network, output, plan["normalization"], device=device)
-    for image, mask in zip(files, written):
+    network, _ = load_model(files[0])
+    written = segment_images(images, network, output, plan["normalization"], device=device)
+    for image, mask in zip(images, written):
         print(f"{image.name} -> {mask}", flush=True)
     return written
 
@@ -187,22 +263,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="dlka-segment", description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument(
         "-i", "--input", required=True,
-        help="NIfTI file, folder of NIfTI files, DICOM series folder, or glob; for a photograph model a JPG, PNG or BMP image or a folder of them",
+        help="NIfTI file, folder of NIfTI files, DICOM series folder, or quoted glob pattern (expanded only when "
+        "no file has that very name); for a photograph model a JPG, PNG or BMP image or a folder of them",
     )
-    parser.add_argument("-o", "--output", required=True, help="output .nii.gz file (one input) or folder")
+    parser.add_argument(
+        "-o", "--output", required=True,
+        help="output .nii.gz (compressed) or .nii file (one input), or folder; never an input",
+    )
     parser.add_argument(
         "--model",
         default="synapse",
         help=f"{' | '.join(MODEL_NAMES)} | bundle folder | model file | quoted pattern of model files, e.g. "
-        "'models/fold_*/model.pt' for the ensemble of the folds (default: synapse)",
+        "'models/fold_*/model.pt' for the ensemble of the folds, expanded only when no file has that very name "
+        "(default: synapse)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing outputs (e.g. of an earlier run); inputs are never replaced"
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations (8x slower)")
     parser.add_argument("--series", help="SeriesInstanceUID to read from a DICOM folder holding several series")
     args = parser.parse_args(argv)
     try:
-        written = segment(args.input, args.output, args.model, args.device, args.tta, args.series)
-    except (SegmentError, InvalidInputError) as e:
+        written = segment(args.input, args.output, args.model, args.device, args.tta, args.series, args.overwrite)
+    except (SegmentError, InvalidInputError, OSError) as e:
         print(f"dlka-segment: error: {e}", file=sys.stderr)
         return 1
     print(f"dlka-segment: wrote {len(written)} label map(s).")

@@ -212,19 +212,24 @@ def read_model(path: str | os.PathLike, preset: str | None = None, mmap: bool = 
         plan = preset_plan(name)
     plan = check_plan(plan, str(path))
     with torch.device("meta"):
-        check_state_dict(state, build_network(plan), plan["preset"], path)
+        try:
+            network = build_network(plan)
+        except InvalidInputError as e:
+            raise InvalidInputError(f"{path}: {e}") from e
+        check_state_dict(state, network, plan["preset"], path)
     return state, plan
 
 
 def model_files(path: str | os.PathLike) -> list[str]:
-    """The model files ``path`` names: itself, or the sorted matches of a glob pattern such as
+    """The model files ``path`` names: itself when it exists or holds no pattern (a name such as
+    ``run[1].pt`` is taken literally), else the sorted matches of a glob pattern such as
     ``models/fold_*/model.pt`` (an ensemble of folds).
 
     Raises:
         InvalidInputError: a pattern that matches no file.
     """
     path = os.fspath(path)
-    if not glob.has_magic(path):
+    if os.path.lexists(path) or not glob.has_magic(path):
         return [path]
     files = sorted(glob.glob(path))
     if not files:

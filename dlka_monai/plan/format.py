@@ -23,6 +23,7 @@ Other keys (e.g. the dataset fingerprint a planner derived the plan from) are ke
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 from torch import nn
 
 import dlka_monai
+from dlka_monai.data.transforms import NORMALIZATION_SCHEMES
 from dlka_monai.data.validation import InvalidInputError
 from dlka_monai.networks import create_network, get_preset, list_networks, network_arguments
 
@@ -140,26 +142,208 @@ def _fail(source: str, problem: str) -> InvalidInputError:
     return InvalidInputError(f"{source}: {problem}")
 
 
+# orientation letters MONAI's Orientationd takes, one of each pair
+_AXES = ({"L", "R"}, {"A", "P"}, {"S", "I"})
+_MAX_PIXDIM = 100.0  # mm; a larger voxel is a broken plan, not a scan
+_MAX_TEXT = 200
+# MONAI's ConfigParser evaluates strings starting with "$", resolves "@" and expands "%", and rewrites "#"
+# anywhere: text a plan puts into a bundle's JSON (metadata.json's channel_def, modality) holds none of them
+_CONFIG_SYNTAX_START = ("$", "@", "%")
+
+
+class _PlanReader:
+    """Reads one plan, raising one line naming ``source`` and the field at its first violation."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, field: str, problem: str) -> InvalidInputError:
+        return _fail(self.source, f"plan entry {field}: {problem}")
+
+    def number(self, field: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(field, f"must be a number, got {_shown(value)}.")
+        if not math.isfinite(value):
+            raise self.fail(field, f"must be a finite number, got {value}.")
+        return float(value)
+
+    def integer(self, field: str, value: Any, minimum: int = 1) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(field, f"must be a whole number, got {_shown(value)}.")
+        if value < minimum:
+            raise self.fail(field, f"must be at least {minimum}, got {value}.")
+        return value
+
+    def mapping(self, field: str, value: Any) -> Mapping:
+        if not isinstance(value, Mapping):
+            raise self.fail(field, f"must be a dict, got {_shown(value)}.")
+        return value
+
+    def text(self, field: str, value: Any) -> str:
+        """Plain text: printable, one line, and nothing MONAI's ConfigParser would run, resolve or rewrite."""
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(field, f"must be a non-empty string, got {_shown(value)}.")
+        if len(value) > _MAX_TEXT or not value.isprintable():
+            raise self.fail(field, f"must be one printable line of at most {_MAX_TEXT} characters.")
+        if value.startswith(_CONFIG_SYNTAX_START) or "#" in value:
+            raise self.fail(
+                field, f"{value[:40]!r} starts with $, @ or % or holds #, which MONAI's config parser would "
+                "evaluate or rewrite in a bundle's configs; a plan's text is data."
+            )
+        return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def _check_network(read: _PlanReader, preset: str, network: Any) -> None:
+    network = read.mapping("network", network)
+    spec = get_preset(preset)
+    try:
+        defaults = network_arguments(preset)
+    except TypeError as e:  # pragma: no cover - a registry bug
+        raise read.fail("network", str(e)) from e
+    unknown = sorted(map(str, set(network) - set(defaults)))
+    if unknown:
+        raise read.fail("network", f"{preset} has no argument(s) {', '.join(unknown)}.")
+    for name, value in network.items():
+        field, default = f"network.{name}", defaults[name]
+        if name in spec.init_only:
+            if value is not None:
+                raise read.fail(field, "initialises untrained weights only and is not part of a plan; remove it.")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise read.fail(field, f"must be true or false, got {_shown(value)}.")
+        elif isinstance(default, int):
+            read.integer(field, value)
+        elif isinstance(default, float):
+            number = read.number(field, value)
+            if name == "dropout" and not 0.0 <= number < 1.0:
+                raise read.fail(field, f"must be in [0, 1), got {number}.")
+        elif isinstance(default, (tuple, list)):
+            if isinstance(value, int) and not isinstance(value, bool):
+                read.integer(field, value)
+            elif not isinstance(value, (list, tuple)) or len(value) != len(default):
+                raise read.fail(field, f"must be a list of {len(default)} whole numbers, got {_shown(value)}.")
+            else:
+                for i, v in enumerate(value):
+                    read.integer(f"{field}[{i}]", v)
+        elif isinstance(default, str):
+            if name == "norm_name" and isinstance(value, (list, tuple)) and value:
+                read.text(f"{field}[0]", value[0])
+            else:
+                read.text(field, value)
+                if name == "encoder" and not value.replace("_", "").replace(".", "").isalnum():
+                    raise read.fail(field, f"must be a timm model name (letters, digits, '_', '.'), got {value!r}.")
+
+
+def _check_geometry(read: _PlanReader, plan: Mapping) -> None:
+    axcodes, pixdim = plan["axcodes"], plan["pixdim"]
+    if axcodes is not None:
+        if not isinstance(axcodes, str) or len(axcodes) != 3 or any(
+            sum(c in axis for c in axcodes) != 1 for axis in _AXES
+        ):
+            raise read.fail("axcodes", f"must be null or three orientation letters, one of each of L/R, A/P, S/I (e.g. \"SAR\"), got {_shown(axcodes)}.")
+    if pixdim is None:
+        return
+    if not isinstance(pixdim, (list, tuple)) or len(pixdim) != 3:
+        raise read.fail("pixdim", f"must be null or a list of 3 spacings in mm, got {_shown(pixdim)}.")
+    for i, value in enumerate(pixdim):
+        value = read.number(f"pixdim[{i}]", value)
+        if value != -1.0 and not 0.0 < value <= _MAX_PIXDIM:
+            raise read.fail(f"pixdim[{i}]", f"must be a spacing in (0, {_MAX_PIXDIM:g}] mm, or -1 to keep the axis' spacing, got {value}.")
+
+
+def _check_normalization(read: _PlanReader, normalization: Any) -> None:
+    norm = read.mapping("normalization", normalization)
+    scheme = norm.get("scheme")
+    if scheme not in NORMALIZATION_SCHEMES:
+        raise read.fail("normalization.scheme", f"must be one of {', '.join(NORMALIZATION_SCHEMES)}, got {_shown(scheme)}.")
+
+    def ordered(low: str, high: str, pair: Any = None) -> None:
+        if pair is None:
+            lo, hi = (norm.get(k) for k in (low, high))
+            fields = (f"normalization.{low}", f"normalization.{high}")
+        else:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise read.fail(f"normalization.{low}", f"must be a list [low, high], got {_shown(pair)}.")
+            lo, hi = pair
+            fields = (f"normalization.{low}[0]", f"normalization.{low}[1]")
+        if read.number(fields[0], lo) >= read.number(fields[1], hi):
+            raise read.fail(fields[0], f"must be below {fields[1]}, got {lo} and {hi}.")
+
+    if scheme == "window":
+        ordered("a_min", "a_max")
+    elif scheme == "minmax":
+        ordered("b_min", "b_max")
+    elif scheme == "ct":
+        ordered("clip", "", norm.get("clip"))
+        read.number("normalization.mean", norm.get("mean"))
+        if read.number("normalization.std", norm.get("std")) <= 0:
+            raise read.fail("normalization.std", f"must be positive, got {norm['std']}.")
+
+
+def _check_classes(read: _PlanReader, plan: Mapping) -> None:
+    names = read.mapping("class_names", plan["class_names"])
+    classes = plan["network"].get("out_channels", get_preset(plan["preset"]).args.get("out_channels"))
+    values = []
+    for key, name in names.items():
+        if isinstance(key, bool) or not (isinstance(key, int) or (isinstance(key, str) and key.isdigit())):
+            raise read.fail("class_names", f"keys are label values (whole numbers), got {key!r}.")
+        values.append(int(key))
+        read.text(f"class_names.{key}", name)
+    if sorted(values) != list(range(classes)):
+        raise _fail(read.source, f"class_names name the values {sorted(values)} but the network has {classes} classes.")
+    post = read.mapping("postprocessing", plan.get("postprocessing", {}))
+    component = post.get("largest_component", [])
+    if not isinstance(component, (list, tuple)):
+        raise read.fail("postprocessing.largest_component", f"must be a list of classes, got {_shown(component)}.")
+    for i, c in enumerate(component):
+        if read.integer(f"postprocessing.largest_component[{i}]", c) >= classes:
+            raise read.fail(f"postprocessing.largest_component[{i}]", f"class {c} is not one of the network's 1..{classes - 1}.")
+
+
 def check_plan(plan: Any, source: str = "plan") -> dict[str, Any]:
-    """Check that ``plan`` is a usable plan of a registered preset; returns it.
+    """Check that ``plan`` is a usable plan of a registered preset; returns it. Every plan a model file, a
+    ``plan.json`` or a caller brings is read through here (a plan is untrusted input).
+
+    Checked: the format and its version; a registered preset and its ``spatial_dims``; network arguments
+    the preset's network has, of the types of its defaults (positive whole numbers for sizes, a dropout in
+    [0, 1)); ``axcodes`` (null or one letter of each of L/R, A/P, S/I); ``pixdim`` (null or 3 finite
+    spacings in (0, 100] mm, -1 keeping an axis); the normalisation scheme and its finite values (a window
+    with ``a_min < a_max``, a positive ``std``); class names for exactly the network's classes, as plain
+    text (see below); the postprocessing classes.
+
+    Class names and the modality end up in a packed bundle's ``metadata.json``, which MONAI's config parser
+    reads: a string starting with ``$`` would run as Python, ``@`` and ``%`` would resolve references or
+    open files, ``#`` would be rewritten. Such text is refused, so a model's text stays data.
 
     Raises:
-        InvalidInputError: in one line naming ``source``: not a dict, a missing entry, an unknown preset,
-            a newer format, or class names that do not match the network's classes.
+        InvalidInputError: in one line naming ``source`` and the field of the first violation.
     """
+    read = _PlanReader(source)
     if not isinstance(plan, Mapping):
         raise _fail(source, f"a plan is a dict, got {type(plan).__name__}.")
     missing = [k for k in _REQUIRED if k not in plan]
     if missing:
         raise _fail(source, f"not a dlka_monai plan: it lacks {', '.join(missing)}.")
-    if int(plan.get("format_version", PLAN_FORMAT_VERSION)) > PLAN_FORMAT_VERSION:
-        raise _fail(source, f"plan format {plan['format_version']} is newer than this dlka_monai's ({PLAN_FORMAT_VERSION}).")
-    if plan["preset"] not in list_networks():
-        raise _fail(source, f"unknown preset {plan['preset']!r} (known: {', '.join(list_networks())}).")
-    classes = int(plan["network"].get("out_channels", -1))
-    values = sorted(int(k) for k in plan["class_names"])
-    if values != list(range(classes)):
-        raise _fail(source, f"class_names name the values {values} but the network has {classes} classes.")
+    if plan.get("format", PLAN_FORMAT) != PLAN_FORMAT:
+        raise read.fail("format", f"must be {PLAN_FORMAT!r}, got {_shown(plan['format'])}.")
+    version = read.integer("format_version", plan.get("format_version", PLAN_FORMAT_VERSION))
+    if version > PLAN_FORMAT_VERSION:
+        raise _fail(source, f"plan format {version} is newer than this dlka_monai's ({PLAN_FORMAT_VERSION}).")
+    preset = plan["preset"]
+    if not isinstance(preset, str) or preset not in list_networks():
+        raise _fail(source, f"unknown preset {preset!r} (known: {', '.join(list_networks())}).")
+    if plan["spatial_dims"] != get_preset(preset).spatial_dims or isinstance(plan["spatial_dims"], bool):
+        raise read.fail("spatial_dims", f"{preset} is {get_preset(preset).spatial_dims}D, got {_shown(plan['spatial_dims'])}.")
+    read.text("modality", plan["modality"])
+    _check_network(read, preset, plan["network"])
+    _check_geometry(read, plan)
+    _check_normalization(read, plan["normalization"])
+    _check_classes(read, plan)
     return dict(plan)
 
 
@@ -170,9 +354,18 @@ def class_names(plan: Mapping[str, Any]) -> dict[int, str]:
 
 def build_network(plan: Mapping[str, Any], **overrides: Any) -> nn.Module:
     """The network of ``plan``, untrained; keyword ``overrides`` replace network arguments (and win over
-    the plan's, as config overrides do)."""
+    the plan's, as config overrides do).
+
+    Raises:
+        InvalidInputError: the plan is broken, or its network arguments build no network (one line).
+    """
     plan = check_plan(plan)
-    return create_network(plan["preset"], **{**plan["network"], **overrides})
+    args = {**plan["network"], **overrides}
+    try:
+        return create_network(plan["preset"], **args)
+    except (TypeError, ValueError, RuntimeError, AssertionError, IndexError, KeyError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InvalidInputError(f"plan of {plan['preset']}: its network arguments build no network: {reason}") from e
 
 
 def read_plan_file(path: str | os.PathLike) -> dict[str, Any]:
