@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import sys
+import tempfile
 import zipfile
 from argparse import RawDescriptionHelpFormatter
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -46,7 +48,13 @@ _COPIED_CONFIGS = ("multi_gpu_train.json", "evaluate.json", "logging.conf")
 # ids of the packed configs that must not keep an overlay's value: MONAI Label reads models/model.pt
 _BASE_TRAIN_IDS = ("ckpt_dir", "output_dir")
 MARKER = ".dlka_monai_bundle"
-"""File the packer writes into every bundle folder it makes: ``--overwrite`` replaces only such folders."""
+"""File the packer writes into every bundle folder it makes, listing the files it wrote (JSON,
+``{"packed_by": ..., "files": [...]}``): ``--overwrite`` replaces only those."""
+# what a pack of earlier versions wrote, whose marker is one line of text
+_LEGACY_FILES = (
+    "configs/train.json", "configs/inference.json", "configs/metadata.json", "configs/plan.json",
+    *(f"configs/{name}" for name in _COPIED_CONFIGS), "models/model.pt", "docs/README.md", "LICENSE",
+)
 
 
 def training_overlays(preset: str, source: PathLike | None = None) -> list[str]:
@@ -193,15 +201,98 @@ its `configs/*` overlay commands are already applied here.
     return header + docs
 
 
-def _replaceable(path: Path) -> bool:
-    """Whether ``--overwrite`` may replace ``path``: a bundle folder the packer made, an empty folder, or
-    the zip of one (its top folder holds the marker)."""
-    if path.is_dir():
-        return (path / MARKER).is_file() or not any(path.iterdir())
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            return any(Path(n).name == MARKER and len(Path(n).parts) == 2 for n in archive.namelist())
-    return False
+def _replaceable_zip(path: Path) -> bool:
+    """Whether ``--overwrite`` may replace the file ``path``: the zip of a packed bundle (its top folder
+    holds the marker)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(Path(n).name == MARKER and len(Path(n).parts) == 2 for n in archive.namelist())
+
+
+def _packed_files(out: Path) -> set[str] | None:
+    """The files (POSIX paths relative to ``out``, the marker included) that the marker of the bundle
+    folder ``out`` says a pack wrote; None without a marker. A marker of an earlier version (one line of
+    text) stands for the files such a pack writes."""
+    marker = out / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, OSError):
+        files = _LEGACY_FILES
+    return {*files, MARKER}
+
+
+def _foreign_entries(out: Path, known: set[str]) -> list[str]:
+    """The files and folders in ``out`` that are not among the ``known`` files (nor folders holding them)."""
+    folders = {p.as_posix() for f in known for p in PurePosixPath(f).parents}
+    foreign = []
+    for dirpath, dirnames, filenames in os.walk(out):
+        rel = Path(dirpath).relative_to(out)
+        for name in sorted(dirnames):
+            if (rel / name).as_posix() not in folders:
+                foreign.append((rel / name).as_posix() + "/")
+        dirnames[:] = [d for d in dirnames if (rel / d).as_posix() in folders and not (Path(dirpath) / d).is_symlink()]
+        foreign += [(rel / name).as_posix() for name in sorted(filenames) if (rel / name).as_posix() not in known]
+    return foreign
+
+
+def _check_replaceable(out: Path, zip_path: Path | None, overwrite: bool) -> None:
+    """Raise unless ``out`` (and ``zip_path``) may be written: absent, or with ``overwrite`` an empty folder
+    (filled in place, its owner and mode kept), a folder holding only what a pack wrote (its marker lists
+    it), the zip of a pack."""
+    for path in (out, zip_path):
+        if path is not None and os.path.lexists(path) and not overwrite:
+            raise ValueError(f"{path} exists; remove it, or pass --overwrite (overwrite=True) to replace it.")
+    if zip_path is not None and os.path.lexists(zip_path) and not _replaceable_zip(zip_path):
+        raise ValueError(f"{zip_path} exists and is not the zip of a packed bundle (no {MARKER}): not replaced; remove it yourself.")
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder: not replaced; remove it yourself.")
+    known = _packed_files(out)
+    if known is None:
+        if any(out.iterdir()):
+            raise ValueError(f"{out} exists and was not made by the packer (no {MARKER}): not replaced; remove it yourself.")
+        return
+    foreign = _foreign_entries(out, known)
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise ValueError(
+            f"{out} holds files the packer did not write ({', '.join(foreign[:5])}{more}): not replaced; "
+            "move them out of it first."
+        )
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the complete bundle built in ``staging`` at ``out``: a rename when ``out`` is absent, else the
+    entries of ``out`` (checked to be the packer's, or none) are exchanged for the new ones, so that the
+    folder ``out`` itself, its owner and mode, stay as they are."""
+    if not os.path.lexists(out):
+        os.rename(staging, out)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    moved: list[str] = []
+    placed: list[str] = []
+    try:
+        for entry in sorted(out.iterdir()):
+            os.rename(entry, trash / entry.name)
+            moved.append(entry.name)
+        for entry in sorted(staging.iterdir()):
+            os.rename(entry, out / entry.name)
+            placed.append(entry.name)
+    except OSError:
+        for name in placed:  # back as it was
+            os.rename(out / name, staging / name)
+        for name in moved:
+            os.rename(trash / name, out / name)
+        trash.rmdir()
+        raise
+    shutil.rmtree(trash)
+    staging.rmdir()
 
 
 def pack_bundle(
@@ -215,6 +306,9 @@ def pack_bundle(
 ) -> tuple[Path, Path | None]:
     """Write the self-contained bundle of a model, or of ``preset``, into the folder ``out``.
 
+    The bundle is built in a temporary folder beside ``out`` and put in place only when complete, so a
+    failed pack leaves ``out`` as it was. The marker file (:data:`MARKER`) lists the files the pack wrote.
+
     Args:
         preset: a registered preset; None takes the model's (then ``checkpoint`` is needed).
         out: the bundle folder to create; its name is the bundle's name (e.g. in MONAI Label).
@@ -223,14 +317,16 @@ def pack_bundle(
         make_zip: also write ``<out>_v<version>.zip`` (top folder ``<out name>/``), the model-zoo form.
         overrides: config ids to values, set in both configs (see :func:`merged_configs`).
         source: the bundle root to pack; defaults to this package's.
-        overwrite: replace an existing ``out`` (and zip) made by the packer, or an empty folder.
+        overwrite: replace an existing ``out`` (and zip) that holds only files a pack wrote, or fill an
+            empty folder (its owner and mode are kept).
 
     Returns:
         the bundle folder and the zip file (None without ``make_zip``).
 
     Raises:
         ValueError: see :func:`merged_configs`; a model that is not weights only, does not fit its plan or
-            is of another preset than ``preset``; ``out`` exists (and is not the packer's, with ``overwrite``).
+            is of another preset than ``preset``; ``out`` exists (and, with ``overwrite``, holds files a pack
+            did not write, which are named).
     """
     out = Path(out)
     if checkpoint is None and preset is None:
@@ -243,35 +339,51 @@ def pack_bundle(
     train, inference = merged_configs(preset, overrides, source)
     meta = _metadata(plan, source)
     zip_path = out.with_name(f"{out.name}_v{meta['version']}.zip") if make_zip else None
-    for path in (out, zip_path):
-        if path is not None and path.exists():
-            if not overwrite:
-                raise ValueError(f"{path} exists; remove it, or pass --overwrite (overwrite=True) to replace it.")
-            if not _replaceable(path):
-                raise ValueError(f"{path} exists and was not made by the packer (no {MARKER}): not replaced; remove it yourself.")
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    _check_replaceable(out, zip_path, overwrite)
 
     configs = _configs_dir(source)
-    (out / "configs").mkdir(parents=True)
-    (out / MARKER).write_text(f"packed by dlka_monai {dlka_monai.__version__}\n", encoding="utf-8")
-    for name, config in (("train.json", train), ("inference.json", inference), ("metadata.json", meta)):
-        (out / "configs" / name).write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
-    write_plan_file(plan, out / "configs" / "plan.json")
-    for name in _COPIED_CONFIGS:
-        shutil.copyfile(configs / name, out / "configs" / name)
-    if state is not None:
-        (out / "models").mkdir()
-        torch.save({"model": state, "plan": plan}, out / "models" / "model.pt")
-    (out / "docs").mkdir()
-    (out / "docs" / "README.md").write_text(_readme(preset, out.name, source), encoding="utf-8")
-    shutil.copyfile(configs.parent / "LICENSE", out / "LICENSE")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.packing-", dir=out.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # the mode a new folder gets; mkdtemp's is 0700
+    zip_tmp = None
+    try:
+        (staging / "configs").mkdir()
+        for name, config in (("train.json", train), ("inference.json", inference), ("metadata.json", meta)):
+            (staging / "configs" / name).write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
+        write_plan_file(plan, staging / "configs" / "plan.json")
+        for name in _COPIED_CONFIGS:
+            shutil.copyfile(configs / name, staging / "configs" / name)
+        if state is not None:
+            (staging / "models").mkdir()
+            torch.save({"model": state, "plan": plan}, staging / "models" / "model.pt")
+        (staging / "docs").mkdir()
+        (staging / "docs" / "README.md").write_text(_readme(preset, out.name, source), encoding="utf-8")
+        shutil.copyfile(configs.parent / "LICENSE", staging / "LICENSE")
+        files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+        marker = {"packed_by": f"dlka_monai {dlka_monai.__version__}", "files": files}
+        (staging / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
 
-    if zip_path is not None:
-        with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(out.rglob("*")):
-                if path.is_file():
-                    archive.write(path, Path(out.name) / path.relative_to(out))
+        if zip_path is not None:
+            zip_tmp = zip_path.with_name(f".{zip_path.name}.{os.getpid()}.tmp")
+            with zipfile.ZipFile(zip_tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for path in sorted(staging.rglob("*")):
+                    if path.is_file():
+                        archive.write(path, Path(out.name) / path.relative_to(staging))
+        _swap_in(staging, out)
+        if zip_tmp is not None:
+            os.replace(zip_tmp, zip_path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+        if zip_tmp is not None:
+            zip_tmp.unlink(missing_ok=True)
     return out, zip_path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -291,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config code that MONAI runs when the bundle runs)",
     )
     pack.add_argument("--source", help="the bundle root to pack (default: this package's)")
-    pack.add_argument("--overwrite", action="store_true", help="replace an --out folder (and zip) the packer made earlier")
+    pack.add_argument("--overwrite", action="store_true", help="replace an --out folder (and zip) the packer made earlier, if it holds nothing else")
     args = parser.parse_args(argv)
     try:
         bad = [s for s in args.set if "=" not in s]

@@ -126,9 +126,13 @@ def test_pack_refuses_bad_input_in_one_line(tmp_path, capsys):
 
 def test_overwrite_replaces_only_what_the_packer_made(tmp_path, capsys):
     out, _ = pack_bundle("dlka3d_pancreas", tmp_path / "b")
-    (out / "configs" / "stale.json").write_text("{}")
-    out, _ = pack_bundle("dlka3d_pancreas", out, overwrite=True)
-    assert not (out / "configs" / "stale.json").exists() and (out / ".dlka_monai_bundle").is_file()
+    (out / "configs" / "train.json").write_text("{}")
+    out, _ = pack_bundle("dlka3d_pancreas", out, overwrite=True)  # the packer's own files are replaced
+    assert json.loads((out / "configs" / "train.json").read_text()) and (out / ".dlka_monai_bundle").is_file()
+    (out / "configs" / "mine.json").write_text("{}")  # a file the packer did not write is kept: refused
+    with pytest.raises(ValueError, match="holds files the packer did not write \\(configs/mine.json\\)"):
+        pack_bundle("dlka3d_pancreas", out, overwrite=True)
+    assert (out / "configs" / "mine.json").read_text() == "{}"
     mine = tmp_path / "home"
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
