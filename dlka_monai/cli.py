@@ -10,9 +10,11 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
 from typing import Any, NoReturn
 
-__all__ = ["ArgumentParser", "literal", "one_line_errors"]
+__all__ = ["ArgumentParser", "literal", "one_line_errors", "report_input_errors_in_one_line"]
 
 # ConfigParser evaluates strings starting with "$", resolves "@id" references (also inside "$"
 # expressions), "%" macros and relative ids ("@#", "%#"), and rewrites "#" to its id separator "::"
@@ -102,3 +104,49 @@ def one_line_errors(
         return run
 
     return decorate
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _input_error(error: BaseException | None) -> BaseException | None:
+    """The error behind ``error`` (MONAI's config parser wraps what its expressions raise in
+    ``RuntimeError``) that says what is wrong with the input: an ``InvalidInputError``, or a ``ValueError`` or
+    ``OSError`` that dlka_monai's own code raised on purpose."""
+    from dlka_monai.data.validation import InvalidInputError
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, InvalidInputError):
+            return error
+        if isinstance(error, (ValueError, OSError)) and error.__traceback__ is not None:
+            tb = error.__traceback__
+            while tb.tb_next is not None:
+                tb = tb.tb_next
+            if Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE):
+                return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _one_line_hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+    found = _input_error(error)
+    if found is None:
+        sys.__excepthook__(kind, error, tb)
+        return
+    message = " ".join(str(found).split()) or type(found).__name__
+    print(f"dlka_monai: error: {message}", file=sys.stderr)
+
+
+def report_input_errors_in_one_line() -> None:
+    """Make an uncaught error that bad input caused one line on stderr, ``"dlka_monai: error: <message>"``,
+    instead of a traceback, for ``python -m monai.bundle run`` with the bundle's configs (their
+    ``initialize`` calls this): a missing ``--plan_file``, a broken datalist or image. The exit status stays
+    1; any other error keeps its traceback.
+
+    It sets ``sys.excepthook``, which only sees errors that end the program (not those a server or test
+    runner catches), and only where no one else has set it.
+    """
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _one_line_hook

@@ -16,7 +16,7 @@ from monai.config import PathLike
 from monai.data import load_decathlon_datalist
 
 from dlka_monai.data.readers import NIFTI_SUFFIXES
-from dlka_monai.data.validation import check_datalist
+from dlka_monai.data.validation import InvalidInputError, check_datalist
 
 __all__ = [
     "inference_datalist",
@@ -168,7 +168,14 @@ def split_folds(
 def _decathlon_datalist(
     json_path: Path, base_dir: PathLike, val_fraction: float, val_cases: Sequence[str] | str | None, seed: int
 ) -> dict[str, list[dict]]:
-    keys = json.loads(json_path.read_text(encoding="utf-8"))
+    try:
+        keys = json.loads(json_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise InvalidInputError(f"{json_path}: no such datalist file.") from e
+    except (OSError, ValueError) as e:
+        raise InvalidInputError(f"{json_path}: cannot be read as a JSON datalist: {e}") from e
+    if not isinstance(keys, dict):
+        raise InvalidInputError(f"{json_path}: a datalist is a JSON object with a 'training' list, got {type(keys).__name__}.")
     base_dir = os.path.abspath(base_dir)
 
     def load(key: str) -> list[dict]:
@@ -371,6 +378,8 @@ def _inference_entries(input, dataset_dir, datalist, split: str, fold: int | Non
             raise ValueError(f"the {split!r} list of the dataset is empty.")
         return entries
     path = Path(input)
+    if path.is_symlink() and not path.exists():
+        raise InvalidInputError(f"{path}: a broken symbolic link, or a loop of them.")
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
         return [{"image": str(p.resolve())} for p in files] if files else [{"image": str(path.resolve())}]

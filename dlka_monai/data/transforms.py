@@ -57,13 +57,17 @@ def intensity_transform(keys: KeysCollection, normalization: Mapping[str, Any]) 
 
 def foreground_select(normalization: Mapping[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
     """What counts as the body before normalisation: for CT the voxels above the window's (or clip's) floor,
-    so that the air around the patient is cropped; otherwise the voxels above the image's minimum."""
+    so that the air around the patient is cropped; otherwise the voxels above the image's minimum. An image
+    with no such voxel (e.g. a constant one) is kept whole rather than cropped to nothing."""
     scheme = normalization.get("scheme")
     floor = {"window": lambda n: n["a_min"], "ct": lambda n: n["clip"][0]}.get(scheme)
-    if floor is None:
-        return lambda x: x > x.min()
-    threshold = float(floor(normalization))
-    return lambda x: x > threshold
+    threshold = None if floor is None else float(floor(normalization))
+
+    def select(x: torch.Tensor) -> torch.Tensor:
+        body = x > (x.min() if threshold is None else threshold)
+        return body if body.any() else torch.ones_like(body)
+
+    return select
 
 
 def load_transforms(

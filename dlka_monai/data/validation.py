@@ -77,8 +77,11 @@ def _load(path: str | os.PathLike, series_uid: str | None = None, data: bool = T
     shape = volume.shape[:3] if len(volume.shape) == 4 and volume.shape[3] == 1 else volume.shape
     if len(shape) != 3 or min(shape) < 2:
         raise InvalidInputError(f"{path}: is {'x'.join(map(str, shape))} ({len(shape)}D); a single-channel 3D volume is expected.")
-    if min(volume.spacing[:3]) <= 0 or min(np.linalg.norm(volume.affine[:3, :3], axis=0)) <= 0:
-        raise InvalidInputError(f"{path}: voxel spacing {tuple(round(s, 4) for s in volume.spacing[:3])} is not positive.")
+    spacing = np.asarray(volume.spacing[:3], dtype=float)
+    if not (np.isfinite(spacing).all() and np.isfinite(volume.affine).all()) or min(spacing) <= 0 or min(
+        np.linalg.norm(volume.affine[:3, :3], axis=0)
+    ) <= 0:
+        raise InvalidInputError(f"{path}: voxel spacing {tuple(round(s, 4) for s in volume.spacing[:3])} is not positive and finite.")
     return volume._replace(shape=shape)
 
 
