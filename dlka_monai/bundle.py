@@ -227,17 +227,19 @@ def _packed_files(out: Path) -> set[str] | None:
 
 
 def _foreign_entries(out: Path, known: set[str]) -> list[str]:
-    """The files and folders in ``out`` that are not among the ``known`` files (nor folders holding them)."""
+    """The files (and empty folders) in ``out`` that are not among the ``known`` files."""
     folders = {p.as_posix() for f in known for p in PurePosixPath(f).parents}
     foreign = []
-    for dirpath, dirnames, filenames in os.walk(out):
+    for dirpath, dirnames, filenames in os.walk(out):  # symbolic links are not followed
         rel = Path(dirpath).relative_to(out)
         for name in sorted(dirnames):
-            if (rel / name).as_posix() not in folders:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                filenames.append(name)
+            elif (rel / name).as_posix() not in folders and not any(path.iterdir()):
                 foreign.append((rel / name).as_posix() + "/")
-        dirnames[:] = [d for d in dirnames if (rel / d).as_posix() in folders and not (Path(dirpath) / d).is_symlink()]
         foreign += [(rel / name).as_posix() for name in sorted(filenames) if (rel / name).as_posix() not in known]
-    return foreign
+    return sorted(foreign)
 
 
 def _check_replaceable(out: Path, zip_path: Path | None, overwrite: bool) -> None:

@@ -253,6 +253,8 @@ def load_datalist(
     """
     if fold is not None and val_cases is not None:
         raise ValueError("val_cases and fold are exclusive: a fold's validation cases are drawn by split_folds.")
+    if dataset_dir is not None and not Path(dataset_dir).is_dir():
+        raise InvalidInputError(f"{dataset_dir}: no such dataset folder.")
     if h5_fold is not None:
         if dataset_dir is None:
             raise ValueError("h5_fold needs dataset_dir, the folder of the NIH Pancreas h5 files and Flods/.")
