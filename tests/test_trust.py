@@ -353,3 +353,21 @@ def test_training_bundle_reports_a_missing_plan_or_datalist_in_one_line(argument
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == f"dlka_monai: error: {missing}: {message}"
+
+
+@pytest.mark.monailabel
+def test_monailabel_takes_a_packed_bundles_class_names_as_data(tmp_path, monkeypatch):
+    """MONAI Label's BundleInferTask (0.8.5) on a packed bundle whose model has odd but valid class names."""
+    pytest.importorskip("monailabel")
+    from monailabel.tasks.infer.bundle import BundleInferTask
+
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "odd.pt"
+    save_tiny_model(model)
+    ckpt = torch.load(model, weights_only=True)
+    ckpt["plan"]["class_names"].update({"1": "100% liver", "2": "a@b.c", "3": "costs $5"})
+    torch.save(ckpt, model)
+    out, _ = pack_bundle(None, tmp_path / "dlka3d_synapse", model)
+    task = BundleInferTask(str(out), {})
+    assert task.labels["100% liver"] == 1 and task.labels["a@b.c"] == 2 and task.labels["costs $5"] == 3
+    assert not (tmp_path / "PWNED").exists()
