@@ -105,8 +105,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def output_paths(inputs: list[Path], targets: list[Path], overwrite: bool = False) -> list[Path]:
-    """Check the planned outputs ``targets`` of ``inputs`` (one each, in order): no output is an input, no two inputs write one output, and none exists unless ``overwrite``.
-    Returns ``targets``.
+    """Check the planned outputs ``targets`` of ``inputs`` (one each, in order): no output is an input, no
+    two inputs write one output, and none exists unless ``overwrite``. Returns ``targets``.
 
     Raises:
         SegmentError: in one line, naming the files.
