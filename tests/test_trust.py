@@ -23,6 +23,7 @@ from dlka_monai.data import InvalidInputError
 from dlka_monai.networks import list_networks
 from dlka_monai.plan import check_plan, make_plan, preset_plan, read_plan_file
 from dlka_monai.segment import main as segment_main
+from dlka_monai.weights import read_model
 
 ROOT = Path(__file__).resolve().parents[1]
 AFFINE = np.diag([0.8, 0.8, 3.0, 1.0])
@@ -126,6 +127,19 @@ def test_the_shipped_presets_plans_pass():
     assert preset_plan("dlka2d_skin")["axcodes"] is None and preset_plan("dlka2d_skin")["pixdim"] is None
     ct = {"scheme": "ct", "clip": [-1000.0, 1500.0], "mean": 50.0, "std": 200.0}
     assert check_plan(make_plan("dlka3d_pancreas", normalization=ct, pixdim=[2.5, 0.7, 0.7]))
+
+
+@pytest.mark.parametrize("args", [{"img_size": [33, 64, 64]}, {"norm_name": "nonsense"}], ids=["img_size", "norm_name"])
+def test_network_arguments_that_build_no_network_are_one_line(args, tmp_path):
+    model = tmp_path / "model.pt"
+    save_tiny_model(model)
+    ckpt = torch.load(model, weights_only=True)
+    ckpt["plan"]["network"].update(args)
+    torch.save(ckpt, model)
+    with pytest.raises(InvalidInputError) as err:
+        read_model(model)
+    message = str(err.value)
+    assert message.startswith(f"{model}: plan of dlka3d_synapse: its network arguments build no network: ") and "\n" not in message
 
 
 def test_segment_refuses_a_model_with_a_nan_std_in_one_line(demo_dataset, tmp_path, capsys):
