@@ -253,7 +253,7 @@ def load_datalist(
     """
     if fold is not None and val_cases is not None:
         raise ValueError("val_cases and fold are exclusive: a fold's validation cases are drawn by split_folds.")
-    if dataset_dir is not None and not Path(dataset_dir).is_dir():
+    if datalist is None and dataset_dir is not None and not Path(dataset_dir).is_dir():
         raise InvalidInputError(f"{dataset_dir}: no such dataset folder.")
     if h5_fold is not None:
         if dataset_dir is None:
