@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import re
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -190,3 +191,13 @@ def test_a_regular_series_passes_the_checks(tmp_path):
     _write_series(image, tmp_path / "ok", f"{STUDY_UID}.801")
     check_image(tmp_path / "ok")
     assert len(SITKReader().series_files(str(tmp_path / "ok"))) == 5
+
+
+def test_dicom_seg_without_highdicom_names_the_extra(tiny_bundle, tmp_path, monkeypatch, capsys):
+    _, image = _volume()
+    _write_series(image, tmp_path / "ct", f"{STUDY_UID}.802")
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # as if not installed: its import fails
+    assert main(["-i", str(tmp_path / "ct"), "-o", str(tmp_path / "out"), "--model", str(tiny_bundle), "--output-type", "dicom_seg"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == 'dlka-segment: error: DICOM SEG output needs highdicom: pip install "dlka_monai[dicom]".'
+    assert not (tmp_path / "out").exists()

@@ -40,7 +40,7 @@ def label_statistics(label: torch.Tensor, class_names: Mapping[int, str], image:
     Raises:
         ValueError: ``image`` and ``label`` of different shapes.
     """
-    affine = np.asarray(label.affine, dtype=np.float64)
+    affine = np.asarray(torch.as_tensor(label.affine).detach().cpu(), dtype=np.float64)
     labels = np.asarray(torch.as_tensor(label).detach().cpu()).round().astype(np.int64)
     labels = labels.reshape(labels.shape[-3:])
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
