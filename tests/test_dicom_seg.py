@@ -166,7 +166,7 @@ def _bad_series(kind: str, folder: Path) -> tuple[Path, str]:
         return series, "2 slices share a position"
     if kind == "several orientations":
         _edit_slice(series, 2, ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
-        return series, "its 5 slices have 2 different orientations (ImageOrientationPatient)"
+        return series, "1 of its 5 slices have another orientation (ImageOrientationPatient) than the first"
     raise ValueError(kind)
 
 

@@ -161,11 +161,11 @@ def _check_geometry(folder: str, files: list[str]) -> list[str]:
         except ValueError:
             raise ValueError(f"DICOM series in {folder}: slice {f} has no valid ImagePositionPatient/ImageOrientationPatient.") from None
     orientations, positions = np.asarray(orientations), np.asarray(positions)
-    distinct = np.unique(orientations.round(4), axis=0)
-    if len(distinct) > 1:
+    turned = int((np.abs(orientations - orientations[0]).max(axis=1) > 1e-3).sum())
+    if turned:
         raise ValueError(
-            f"DICOM series in {folder}: its {len(files)} slices have {len(distinct)} different orientations "
-            "(ImageOrientationPatient); a volume has one."
+            f"DICOM series in {folder}: {turned} of its {len(files)} slices have another orientation "
+            "(ImageOrientationPatient) than the first; a volume has one."
         )
     normal = np.cross(orientations[0, :3], orientations[0, 3:])
     steps = np.diff(np.sort(positions @ normal))
