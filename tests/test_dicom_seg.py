@@ -102,7 +102,7 @@ def test_statistics_are_the_printed_numbers(series_outputs):
     tmp, out = series_outputs
     line = out[-2]
     assert line.startswith(f"ct -> {tmp / 'seg' / 'ct_seg.dcm'}: ")
-    stats = json.loads((tmp / "seg" / "ct_statistics.json").read_text())
+    stats = json.loads((tmp / "seg" / "ct_statistics.json").read_text(encoding="utf-8"))
     nifti_image = nib.load(tmp / "nifti" / "ct_seg.nii.gz")
     labels = np.asanyarray(nifti_image.dataobj).astype(np.int64)
     series = sitk.ReadImage(SITKReader().series_files(str(tmp / "ct")))

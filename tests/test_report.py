@@ -118,7 +118,7 @@ def test_report_has_one_row_per_case_worst_first_and_embeds_the_overlays(evaluat
         assert png == (out / f"{img['alt'].split(':')[0]}.png").read_bytes()
         assert Image.open(io.BytesIO(png)).size[0] > 3 * 30
     assert all(link.startswith(("data:", "#")) for link in report.links)
-    html = (out / "report.html").read_text()
+    html = (out / "report.html").read_text(encoding="utf-8")
     assert not re.search(r"(src|href)=\"(https?:)?//", html) and "<script" not in html and "@import" not in html
     # the plan and its recipe
     shown = json.loads(report.pre[0])
@@ -128,8 +128,8 @@ def test_report_has_one_row_per_case_worst_first_and_embeds_the_overlays(evaluat
 
 def test_report_summaries_are_the_summary_numbers(evaluated):
     out, writer, _ = evaluated
-    summary = json.loads((out / "summary.json").read_text())
-    html = (out / "report.html").read_text()
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    html = (out / "report.html").read_text(encoding="utf-8")
     liver = summary["per_class"]["liver"]
     assert f"{liver['dice']['mean']:.3f} ± {liver['dice']['std']:.3f}" in html
     assert f"{liver['hd95_mm']['mean']:.3f} ± {liver['hd95_mm']['std']:.3f}" in html
@@ -154,4 +154,4 @@ def test_write_report_without_plan_or_images(tmp_path):
     path = write_report(tmp_path / "r.html", rows, {1: "spleen"})
     report = parse_report(path)
     assert report.case_rows == [["a", "0.500", "0.500"]]
-    assert report.images == [] and report.conventions == ["default"] and "No plan was given." in path.read_text()
+    assert report.images == [] and report.conventions == ["default"] and "No plan was given." in path.read_text(encoding="utf-8")
