@@ -7,6 +7,7 @@ dermoscopic photographs (JPG, PNG, BMP) with a skin model.
     dlka-segment -i dicom_series_folder/ -o out/ --model /path/to/bundle_or_model.pt
     dlka-segment -i scan.nii.gz -o scan_seg.nii.gz --model 'models/fold_*/model.pt'   # ensemble of folds
     dlka-segment -i photos/ -o masks/ --model models/skin/model.pt   # lesion masks, PNG at each photo's size
+    dlka-segment -i dicom_series_folder/ -o out/ --output-type dicom_seg --statistics   # DICOM SEG + JSON
 
 Paths are taken literally: a -i or --model path that exists is that file or folder, even if its name
 holds glob characters (``run[1].pt``) or ``#``; only a pattern that names no existing file is expanded.
@@ -16,7 +17,9 @@ with --overwrite (for re-runs into the same folder). ``-o NAME.nii`` writes unco
 
 The model's plan (stored with its weights) gives the network, the preprocessing and the class names, so
 any model the bundle trained, or the packer packed, segments as it is. The label maps (uint8 NIfTI) are in
-the input's space: same shape, affine and orientation.
+the input's space: same shape, affine and orientation. ``--output-type dicom_seg`` writes a DICOM
+Segmentation object per DICOM series instead (the ``dicom`` extra); ``--statistics`` writes
+``<name>_statistics.json`` beside each output (volume, voxel count, intensity, bounding box of each class).
 """
 
 from __future__ import annotations
@@ -29,14 +32,17 @@ import tempfile
 from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 
+import numpy as np
 import torch
 from ignite.engine import Events
 from ignite.handlers import ProgressBar
 from monai.bundle import ConfigWorkflow
+from monai.transforms import LoadImage
 
 from dlka_monai.bundle_files import bundle_root
 from dlka_monai.cli import ArgumentParser, literal
 from dlka_monai.data import NIFTI_SUFFIXES, InvalidInputError, SITKReader, check_output_dir, inference_datalist
+from dlka_monai.inference.statistics import label_statistics, statistics_path, volume_summary, write_statistics
 from dlka_monai.plan import class_names
 from dlka_monai.weights import load_model, model_files, model_plan
 
@@ -81,9 +87,13 @@ def resolve_model(model: str) -> tuple[Path, Path]:
     return root, ckpt
 
 
-def _output_target(output: Path, n_cases: int) -> tuple[Path, Path | None]:
+OUTPUT_TYPES = {"nifti": NIFTI_SUFFIXES, "dicom_seg": (".dcm",)}
+"""``--output-type`` -> the file name endings of its outputs."""
+
+
+def _output_target(output: Path, n_cases: int, suffixes: tuple[str, ...] = NIFTI_SUFFIXES) -> tuple[Path, Path | None]:
     """(folder SaveImaged writes to, exact file name wanted or None)."""
-    if output.name.endswith(NIFTI_SUFFIXES):
+    if output.name.endswith(suffixes):
         if n_cases != 1:
             raise SegmentError(f"-o {output}: a file name, but the input has {n_cases} images; give a folder.")
         return output.parent, output
@@ -139,21 +149,14 @@ def output_paths(inputs: list[Path], targets: list[Path], overwrite: bool = Fals
 
 
 def _place(staged: Path, target: Path) -> None:
-    """Move a staged ``.nii.gz`` label map to ``target``, uncompressed when its name ends in ``.nii``."""
+    """Move a staged output (a ``.nii.gz`` label map or a DICOM SEG) to ``target``; a label map uncompressed
+    when the name ends in ``.nii``."""
     if target.name.endswith(".nii"):
         partial = staged.with_suffix(".part")
         with gzip.open(staged, "rb") as src, open(partial, "wb") as dst:
             shutil.copyfileobj(src, dst)
         staged = partial
     os.replace(staged, target)
-
-
-def _volumes(pred, names: dict[int, str]) -> str:
-    """The volume of every label of a saved label map, in mL."""
-    voxel_ml = abs(float(torch.linalg.det(pred.affine[:3, :3].double()))) / 1000.0
-    labels, counts = torch.unique(pred.as_tensor().round().long(), return_counts=True)
-    volumes = [f"{names.get(int(v), int(v))} {c * voxel_ml:.1f} mL" for v, c in zip(labels.tolist(), counts.tolist()) if v]
-    return ", ".join(volumes) or "nothing found"
 
 
 def _input_error(error: BaseException) -> InvalidInputError | None:
@@ -171,12 +174,17 @@ def segment(
     tta: bool = False,
     series: str | None = None,
     overwrite: bool = False,
+    output_type: str = "nifti",
+    statistics: bool = False,
 ) -> list[Path]:
     """Segment ``input`` into ``output``; prints one line per case (the file written and the volume of each
     class, named as the model's plan names them); returns the written files.
 
     Every path is taken literally (see :func:`resolve_model`, :func:`output_paths`); ``overwrite``
-    replaces outputs of an earlier run, never an input.
+    replaces outputs of an earlier run, never an input. ``output_type="dicom_seg"`` writes a DICOM
+    Segmentation object per DICOM series input (none for a series where nothing was found); ``statistics``
+    writes ``<name>_statistics.json`` beside each output
+    (:func:`dlka_monai.inference.statistics.label_statistics`, the numbers the console prints).
 
     Raises:
         SegmentError, InvalidInputError: with a one-line message.
@@ -189,15 +197,29 @@ def segment(
     files = model_files(ckpt)
     plan = model_plan(files[0])
     if plan["spatial_dims"] == 2 and plan["axcodes"] is None:
+        if output_type != "nifti" or statistics:
+            raise SegmentError("--output-type dicom_seg and --statistics are for volumes, not for a photograph model.")
         return _segment_photos(input, output, files, plan, device, overwrite)
     names = class_names(plan)
+    if output_type == "dicom_seg":
+        from dlka_monai.inference.dicom_seg import check_highdicom
+
+        try:
+            check_highdicom()
+        except ImportError as e:
+            raise SegmentError(str(e)) from e
     try:
         cases = inference_datalist(input=input, series_uid=series)
     except (FileNotFoundError, OSError) as e:
         raise SegmentError(str(e)) from e
-    folder, exact = _output_target(Path(output), len(cases))
+    if output_type == "dicom_seg":
+        not_series = [case["image"] for case in cases if not Path(case["image"]).is_dir()]
+        if not_series:
+            raise SegmentError(f"--output-type dicom_seg needs DICOM series folders as input, not {', '.join(map(str, not_series))}.")
+    folder, exact = _output_target(Path(output), len(cases), OUTPUT_TYPES[output_type])
     inputs = [Path(case["image"]) for case in cases]
-    targets = output_paths(inputs, [exact or folder / f"{_stem(i)}_seg.nii.gz" for i in inputs], overwrite)
+    suffix = ".dcm" if output_type == "dicom_seg" else ".nii.gz"
+    targets = output_paths(inputs, [exact or folder / f"{_stem(i)}_seg{suffix}" for i in inputs], overwrite)
     check_output_dir(folder)
 
     with tempfile.TemporaryDirectory(dir=folder, prefix=".dlka-segment-") as staging:
@@ -215,12 +237,15 @@ def segment(
             tta=tta,
             image_reader=[SITKReader(series_uid=series), "NibabelReader"],
         )
-        staged: list[tuple[Path, str]] = []
+        staged: list[tuple[Path, dict]] = []
+        # the input's intensities, on the grid of the label map, for the statistics
+        load = LoadImage(reader=[SITKReader(series_uid=series), "NibabelReader"], image_only=True) if statistics else None
 
         def report(engine) -> None:
             for item in engine.state.output:
                 pred = item["pred"]
-                staged.append((Path(pred.meta["saved_to"]), _volumes(pred, names)))
+                image = load(pred.meta["filename_or_obj"]) if load else None
+                staged.append((Path(pred.meta["saved_to"]), label_statistics(pred, names, image)))
 
         try:
             workflow.initialize()
@@ -234,11 +259,34 @@ def segment(
 
         if len({path for path, _ in staged}) != len(cases):  # a name MONAI derives otherwise than _stem
             raise SegmentError(f"two inputs were saved under one name in {folder}; segment them into separate -o folders.")
+        if output_type == "dicom_seg":
+            staged = [(_dicom_seg(path, case["image"], series, names, plan), stats) for (path, stats), case in zip(staged, cases)]
         # results are moved out of the staging folder only when every case succeeded
-        for (path, volumes), case, target in zip(staged, cases, targets):
+        written = []
+        for (path, stats), case, target in zip(staged, cases, targets):
+            if path is None:
+                print(f"{Path(case['image']).name}: nothing found, no DICOM SEG written", flush=True)
+                continue
             _place(path, target)
-            print(f"{Path(case['image']).name} -> {target}: {volumes}", flush=True)
-    return targets
+            written.append(target)
+            if statistics:
+                write_statistics(statistics_path(target), stats, image=case["image"], segmentation=target, preset=plan["preset"])
+            print(f"{Path(case['image']).name} -> {target}: {volume_summary(stats)}", flush=True)
+    return written
+
+
+def _dicom_seg(label_file: Path, series_folder: str, series: str | None, names: dict[int, str], plan: dict) -> Path | None:
+    """The staged NIfTI label map ``label_file`` as a DICOM SEG of its series, beside it; None if empty."""
+    import nibabel as nib
+
+    from dlka_monai.inference.dicom_seg import write_dicom_seg
+
+    label_map = np.asanyarray(nib.load(label_file).dataobj)
+    target = label_file.with_name(label_file.name.removesuffix(".gz").removesuffix(".nii") + ".dcm")
+    try:
+        return write_dicom_seg(label_map, SITKReader(series_uid=series).series_files(series_folder), names, target, plan)
+    except (AttributeError, ValueError) as e:  # source slices that lack what a DICOM SEG must copy from them
+        raise SegmentError(f"{series_folder}: cannot be written as DICOM SEG: {e}") from e
 
 
 def _segment_photos(input: str, output: str, files: list[str], plan: dict, device: str, overwrite: bool) -> list[Path]:
@@ -283,13 +331,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations (8x slower)")
     parser.add_argument("--series", help="SeriesInstanceUID to read from a DICOM folder holding several series")
+    parser.add_argument(
+        "--output-type", default="nifti", choices=list(OUTPUT_TYPES),
+        help="nifti: uint8 label maps (default); dicom_seg: a DICOM Segmentation object per DICOM series input "
+        "(pip install \"dlka_monai[dicom]\")",
+    )
+    parser.add_argument(
+        "--statistics", action="store_true",
+        help="write <name>_statistics.json beside each output: volume, voxel count, mean and std intensity, bounding box of each class",
+    )
     args = parser.parse_args(argv)
     try:
-        written = segment(args.input, args.output, args.model, args.device, args.tta, args.series, args.overwrite)
+        written = segment(
+            args.input, args.output, args.model, args.device, args.tta, args.series, args.overwrite, args.output_type,
+            args.statistics,
+        )
     except (SegmentError, InvalidInputError, OSError) as e:
         print(f"dlka-segment: error: {e}", file=sys.stderr)
         return 1
-    print(f"dlka-segment: wrote {len(written)} label map(s).")
+    kind = "DICOM SEG file(s)" if args.output_type == "dicom_seg" else "label map(s)"
+    print(f"dlka-segment: wrote {len(written)} {kind}.")
     return 0
 
 

@@ -39,6 +39,8 @@ def _write_series(image: sitk.Image, folder: Path, series_uid: str) -> None:
         "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
         "0020|000d": STUDY_UID,
         "0020|000e": series_uid,
+        "0020|0052": f"{STUDY_UID}.9",  # frame of reference UID
+        "0018|0050": f"{image.GetSpacing()[2]}",  # slice thickness
         "0020|0037": "\\".join(f"{v}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),  # row, column directions
     }
     for k in range(image.GetDepth()):

@@ -3,8 +3,10 @@
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
+from html import unescape
 
 import nibabel as nib
 import numpy as np
@@ -84,6 +86,10 @@ def test_evaluate_config_writes_metrics_summary_and_pngs(tiny_bundle, demo_datas
         png = tmp_path / f"{case}.png"
         assert png.exists() and png.stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.glob("*_seg.nii.gz")) == ["demo_006_seg.nii.gz", "demo_007_seg.nii.gz"]
+    # report.html: one Dice table row and one embedded overlay per case, the model's plan (tests/test_report.py)
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert sorted(re.findall(r'<tr class="case-row" data-case="([^"]+)"', html)) == cases
+    assert html.count('src="data:image/png;base64,') == len(cases) and '"preset": "dlka3d_synapse"' in unescape(html)
     assert np.isfinite([float(r["dice"]) for r in rows]).all()
 
 

@@ -39,6 +39,7 @@ def _run(installed, args, cwd):
 def test_the_wheel_segments_and_packs_without_the_source_tree(installed, demo_dataset, tmp_path):
     where = _run(installed, ["-c", "import dlka_monai.bundle_files as b; print(b.bundle_root())"], tmp_path)
     assert where.strip() == str(installed / "dlka_monai" / "_bundle")
+    assert (installed / "dlka_monai" / "evaluation" / "templates" / "report.html.j2").is_file()  # package_data
     model = tmp_path / "model.pt"
     save_tiny_model(model)
     image = demo_dataset / "imagesTr" / "demo_006.nii.gz"

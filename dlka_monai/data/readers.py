@@ -74,10 +74,10 @@ class SITKReader(ImageReader):
             )
         self.filenames = filenames
         kwargs_ = {**self.kwargs, **kwargs}
-        images = [sitk.ReadImage(self._series_files(f) if os.path.isdir(f) else f, **kwargs_) for f in filenames]
+        images = [sitk.ReadImage(self.series_files(f) if os.path.isdir(f) else f, **kwargs_) for f in filenames]
         return images if len(images) > 1 else images[0]
 
-    def _series_files(self, folder: str) -> list[str]:
+    def series_files(self, folder: str) -> list[str]:
         """The sorted slice files of the chosen DICOM series in ``folder``."""
         uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
         if not uids:
@@ -88,13 +88,13 @@ class SITKReader(ImageReader):
         if self.series_uid is not None:
             if self.series_uid not in series:
                 raise ValueError(f"DICOM folder {folder} has no series {self.series_uid}; it holds: {listing}.")
-            return series[self.series_uid]
+            return _check_geometry(folder, series[self.series_uid])
         if len(series) > 1:
             raise ValueError(
                 f"DICOM folder {folder} holds {len(series)} series; choose one with series_uid (dlka-segment --series): "
                 f"{listing}."
             )
-        return series[uids[0]]
+        return _check_geometry(folder, series[uids[0]])
 
     def get_data(self, img: sitk.Image | Sequence[sitk.Image]) -> tuple[np.ndarray, dict]:
         """The data array and meta dict of images from ``read``; several images are stacked as channels
@@ -140,6 +140,53 @@ class SITKReader(ImageReader):
         affine[:sr, :sr] = direction @ np.diag(image.GetSpacing()[:sr])
         affine[:sr, sr] = image.GetOrigin()[:sr]
         return orientation_ras_lps(affine)
+
+
+def _check_geometry(folder: str, files: list[str]) -> list[str]:
+    """``files`` (a series sorted by ImageSeriesReader), if their slices make one regular volume: one
+    orientation, distinct positions, even spacing. SimpleITK only warns and assumes even spacing, which
+    would put every slice after a gap or a tilt in the wrong place, so a series that is not a volume is
+    refused here in one line."""
+    if len(files) < 2:
+        return files
+    header = sitk.ImageFileReader()
+    orientations, positions = [], []
+    for f in files:
+        header.SetFileName(f)
+        header.ReadImageInformation()
+        tags = {t: header.GetMetaData(t) if header.HasMetaDataKey(t) else "" for t in ("0020|0037", "0020|0032")}
+        try:
+            orientations.append([float(v) for v in tags["0020|0037"].split("\\")])
+            positions.append([float(v) for v in tags["0020|0032"].split("\\")])
+        except ValueError:
+            raise ValueError(f"DICOM series in {folder}: slice {f} has no valid ImagePositionPatient/ImageOrientationPatient.") from None
+    orientations, positions = np.asarray(orientations), np.asarray(positions)
+    turned = int((np.abs(orientations - orientations[0]).max(axis=1) > 1e-3).sum())
+    if turned:
+        raise ValueError(
+            f"DICOM series in {folder}: {turned} of its {len(files)} slices have another orientation "
+            "(ImageOrientationPatient) than the first; a volume has one."
+        )
+    normal = np.cross(orientations[0, :3], orientations[0, 3:])
+    steps = np.diff(np.sort(positions @ normal))
+    spacing = float(np.median(steps))
+    tolerance = max(0.01, 0.01 * spacing)
+    if steps.min() < tolerance:
+        raise ValueError(f"DICOM series in {folder}: {int((steps < tolerance).sum()) + 1} slices share a position; a volume has one slice per position.")
+    uneven = np.flatnonzero(np.abs(steps - spacing) > tolerance)
+    if uneven.size:
+        multiples = steps[uneven] / spacing
+        if np.allclose(multiples, multiples.round(), atol=tolerance / spacing) and (multiples.round() >= 2).all():
+            missing = int((multiples.round() - 1).sum())
+            raise ValueError(
+                f"DICOM series in {folder}: {missing} slice(s) missing: a gap of {steps[uneven[0]]:.4g} mm after "
+                f"slice {uneven[0] + 1} of {len(files)} where the spacing is {spacing:.4g} mm."
+            )
+        raise ValueError(
+            f"DICOM series in {folder}: irregular slice spacing, from {steps.min():.4g} to {steps.max():.4g} mm; "
+            "resample it to a regular grid first."
+        )
+    return files
 
 
 class LoadPancreasH5d(MapTransform):

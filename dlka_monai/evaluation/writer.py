@@ -1,5 +1,6 @@
 # Copyright (c) dlka_monai contributors. Licensed under the Apache License, Version 2.0.
-"""An ignite handler that writes the evaluation results: metrics.csv, summary.json, one PNG per case."""
+"""An ignite handler that writes the evaluation results: metrics.csv, summary.json, one PNG per case and
+report.html."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.transforms import LoadImage, Orientation
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from dlka_monai.data.transforms import RAS_LABELS
 from dlka_monai.data.validation import InvalidInputError
 from dlka_monai.evaluation.metrics import CONVENTION_METRICS, CONVENTIONS, SYNAPSE_8_ORGANS, case_metrics, summarize
+from dlka_monai.evaluation.report import write_report
 
 __all__ = ["MetricsWriter", "radiological_slices"]
 
@@ -64,6 +66,17 @@ def _overlay(gray: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
+def _column_titles(panel: np.ndarray, titles: tuple[str, ...]) -> np.ndarray:
+    """``panel`` under a white strip naming its equally wide columns."""
+    width = panel.shape[1] // len(titles)
+    strip = Image.new("RGB", (panel.shape[1], 16), "white")
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default()
+    for i, title in enumerate(titles):
+        draw.text((i * width + max((width - draw.textlength(title, font=font)) / 2, 2), 2), title, fill="black", font=font)
+    return np.concatenate([np.asarray(strip), panel], axis=0)
+
+
 def radiological_slices(gray: np.ndarray, label: np.ndarray, pred: np.ndarray, num_slices: int = 3) -> np.ndarray:
     """Axial slices as radiologists show them (anterior up, the patient's right on the viewer's left):
     one row per slice of image | ground truth | prediction, the label maps overlaid in colour.
@@ -90,8 +103,9 @@ def radiological_slices(gray: np.ndarray, label: np.ndarray, pred: np.ndarray, n
 class MetricsWriter:
     """Compute per-case, per-class metrics of ``pred`` against ``label`` (both in the original image
     space, label maps ``[1, *spatial]``), with the spacing taken from the label's affine, and write
-    ``metrics.csv`` (one row per case and class), ``summary.json`` and ``<case>.png`` (a few axial slices:
-    image, ground truth, prediction).
+    ``metrics.csv`` (one row per case and class), ``summary.json``, ``<case>.png`` (a few axial slices:
+    image, ground truth, prediction, under column titles) and ``report.html``
+    (:func:`dlka_monai.evaluation.report.write_report`: the metrics in every convention, the PNGs, ``plan``).
 
     A prediction and label map of different shapes or affines stop the evaluation with a one-line error
     naming the case.
@@ -104,7 +118,10 @@ class MetricsWriter:
         num_slices: axial slices per PNG.
         convention: ``"default"`` (Dice, Jaccard, HD95 and ASD in mm, missed organs without a distance) or
             ``"synapse_tables"`` (Dice and HD95 in voxels as the published Synapse tables, HD95 0 for a
-            missed organ); see :mod:`dlka_monai.evaluation.metrics`.
+            missed organ); see :mod:`dlka_monai.evaluation.metrics`. The CSV and JSON files are in this
+            convention; the report shows every convention.
+        plan: the model's plan, shown in the report.
+        report: whether to write ``report.html``.
 
     Raises:
         ValueError: for an unknown convention.
@@ -118,6 +135,8 @@ class MetricsWriter:
         hu_window: tuple[float, float] = (-175, 250),
         num_slices: int = 3,
         convention: str = "default",
+        plan: Mapping | None = None,
+        report: bool = True,
     ) -> None:
         if convention not in CONVENTIONS:
             raise ValueError(f"unknown metric convention {convention!r}; choose one of {', '.join(CONVENTIONS)}.")
@@ -127,14 +146,24 @@ class MetricsWriter:
         self.class_names = {int(k): v for k, v in class_names.items()}
         self.hu_window = hu_window
         self.num_slices = num_slices
+        self.plan = plan
+        self.report = report
         self.rows: list[dict] = []
+        # convention -> rows; those of ``convention`` are ``rows``, the others only for the report
+        self.report_rows: dict[str, list[dict]] = {}
+        self._clear()
         self._load = LoadImage(image_only=True, ensure_channel_first=True)
         self._ras = Orientation(axcodes="RAS", labels=RAS_LABELS)
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.STARTED, lambda _: self._clear())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def _clear(self) -> None:
+        self.rows.clear()
+        others = [c for c in CONVENTIONS if c != self.convention] if self.report else []
+        self.report_rows = {self.convention: self.rows, **{c: [] for c in others}}
 
     def iteration_completed(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -144,8 +173,9 @@ class MetricsWriter:
             case = Path(source).name.split(".")[0]
             _check_grid(case, item["pred"], label)
             spacing = _spacing(label.affine)
-            for row in case_metrics(item["pred"], label, self.num_classes, spacing, self.convention):
-                self.rows.append({"case": case, "class": row["class"], "name": self.class_names.get(row["class"], ""), **row})
+            for convention, rows in self.report_rows.items():
+                for row in case_metrics(item["pred"], label, self.num_classes, spacing, convention):
+                    rows.append({"case": case, "class": row["class"], "name": self.class_names.get(row["class"], ""), **row})
             self._png(case, item["pred"], label, item["image"].meta["filename_or_obj"])
 
     def _png(self, case: str, pred: torch.Tensor, label: torch.Tensor, image_file: str) -> None:
@@ -153,6 +183,7 @@ class MetricsWriter:
         lo, hi = self.hu_window
         gray = (np.clip((image - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
         panel = radiological_slices(gray, label_a.round().astype(np.int64), pred_a.round().astype(np.int64), self.num_slices)
+        panel = _column_titles(panel, ("image", "ground truth", "prediction"))
         Image.fromarray(panel).save(self.output_dir / f"{case}.png")
 
     def completed(self, engine: Engine) -> None:
@@ -165,4 +196,7 @@ class MetricsWriter:
         text = json.dumps(summary, indent=2, default=lambda v: None)
         # JSON has no NaN: write null
         (self.output_dir / "summary.json").write_text(text.replace("NaN", "null"), encoding="utf-8")
+        if self.report and self.rows:
+            images = {r["case"]: self.output_dir / f"{r['case']}.png" for r in self.rows}
+            write_report(self.output_dir / "report.html", self.report_rows, self.class_names, images, self.plan)
         engine.state.metrics["mean_dice"] = summary.get("all_classes", {}).get("dice", {}).get("mean", math.nan)
