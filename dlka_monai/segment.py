@@ -31,6 +31,7 @@ from dlka_monai.bundle_files import bundle_root
 from dlka_monai.cli import ArgumentParser
 from dlka_monai.data import NIFTI_SUFFIXES, InvalidInputError, SITKReader, check_output_dir, inference_datalist
 from dlka_monai.plan import class_names
+from dlka_monai.runtime import PRECISIONS, describe_precision
 from dlka_monai.weights import load_model, model_files, model_plan
 
 __all__ = ["MODEL_NAMES", "main", "resolve_model", "segment"]
@@ -100,7 +101,14 @@ def _input_error(error: BaseException) -> InvalidInputError | None:
 
 
 def segment(
-    input: str, output: str, model: str = "synapse", device: str = "auto", tta: bool = False, series: str | None = None
+    input: str,
+    output: str,
+    model: str = "synapse",
+    device: str = "auto",
+    tta: bool = False,
+    series: str | None = None,
+    precision: str = "auto",
+    threads: int | str = "auto",
 ) -> list[Path]:
     """Segment ``input`` into ``output``; prints one line per case (the file written and the volume of each
     class, named as the model's plan names them); returns the written files.
@@ -113,6 +121,10 @@ def segment(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
         raise SegmentError("--device cuda: no CUDA device available.")
+    try:
+        precision_line = describe_precision(precision, device)
+    except ValueError as e:
+        raise SegmentError(str(e)) from e
     plan = model_plan(model_files(ckpt)[0])
     if plan["spatial_dims"] == 2 and plan["axcodes"] is None:
         return _segment_photos(input, output, ckpt, plan, device)
@@ -138,7 +150,10 @@ def segment(
             device=torch.device(device),
             tta=tta,
             image_reader=[SITKReader(series_uid=series), "NibabelReader"],
+            precision=precision,
+            threads=threads,
         )
+        print(f"dlka-segment: precision {precision_line}", flush=True)
         staged: list[tuple[Path, str]] = []
 
         def report(engine) -> None:
@@ -199,9 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations (8x slower)")
     parser.add_argument("--series", help="SeriesInstanceUID to read from a DICOM folder holding several series")
+    parser.add_argument(
+        "--precision", default="auto", choices=PRECISIONS,
+        help="the network's precision; auto: bf16 where the CPU (AMX-BF16, AVX512-BF16) or GPU computes it natively, else fp32 (default: auto)",
+    )
+    parser.add_argument(
+        "--threads", default="auto", type=lambda v: v if v == "auto" else int(v),
+        help="CPU threads: a count, or auto (one per CPU not kept busy by other processes; one for small work) (default: auto)",
+    )
     args = parser.parse_args(argv)
     try:
-        written = segment(args.input, args.output, args.model, args.device, args.tta, args.series)
+        written = segment(args.input, args.output, args.model, args.device, args.tta, args.series, args.precision, args.threads)
     except (SegmentError, InvalidInputError) as e:
         print(f"dlka-segment: error: {e}", file=sys.stderr)
         return 1
