@@ -13,7 +13,9 @@ Threads (``threads``: ``"auto"`` or a count): ``"auto"`` gives one intra-op thre
 fanning out does not pay, and otherwise one thread per CPU this process may use that other processes
 do not keep busy (the one-minute load average), because every OpenMP parallel region waits for its
 slowest thread: with one busy competitor, two threads on two cores run 5-15x slower than one. An
-``OMP_NUM_THREADS`` set in the environment is the user's choice and is kept.
+``OMP_NUM_THREADS`` set in the environment is the user's choice and is kept. Competition that starts
+later is met by :class:`ThreadGovernor` (:func:`govern_threads` on a network): when the process's
+threads wait for CPUs, it drops a thread; when the load average says a CPU is free again, it adds one.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ __all__ = [
     "choose_threads",
     "cpu_has_native_bf16",
     "describe_precision",
+    "govern_threads",
     "resolve_precision",
     "set_threads",
+    "ThreadGovernor",
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -115,7 +119,7 @@ class PrecisionInferer(Inferer):
         precision: one of :data:`PRECISIONS`; ``"auto"`` is resolved per call for the inputs' device.
 
     ``__call__(inputs, network, *args, **kwargs)``: as the inner inferer's. The precision that ran is logged
-    once per device (logger ``dlka_monai.runtime``).
+    at the first call on each device (logger ``dlka_monai.runtime``).
     """
 
     def __init__(self, inferer: Inferer, precision: str = "auto") -> None:
@@ -123,10 +127,13 @@ class PrecisionInferer(Inferer):
         resolve_precision(precision, "cpu")  # an unknown name fails here, not at the first case
         self.inferer = inferer
         self.precision = precision
+        self._logged: set[str] = set()
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
         device = inputs.device
-        _log_once((self.precision, str(device)), f"inference precision: {describe_precision(self.precision, device)}")
+        if str(device) not in self._logged:
+            self._logged.add(str(device))
+            _logger.info(f"inference precision: {describe_precision(self.precision, device)}")
         if resolve_precision(self.precision, device) == "fp32":
             return self.inferer(inputs, network, *args, **kwargs)
 
@@ -173,22 +180,31 @@ def choose_threads(work_voxels: int | None = None, cpus: int | None = None, load
     return max(1, min(cpus, math.floor(cpus - load + 0.5)))
 
 
-def set_threads(threads: int | str | None = "auto", work: int | Sequence[int] | None = None) -> int:
-    """Set PyTorch's intra-op thread count (the numba kernels follow it) and return it.
+def set_threads(
+    threads: int | str | None = "auto", work: int | Sequence[int] | None = None, network: torch.nn.Module | None = None
+) -> int:
+    """The thread policy: set PyTorch's intra-op thread count (the numba kernels follow it) and return it.
 
     Args:
         threads: a count, or ``"auto"`` / None for :func:`choose_threads`; with ``OMP_NUM_THREADS`` set in
             the environment, ``"auto"`` keeps the count that gave.
         work: voxels of one forward pass, or a window size and optionally batch factors whose product that
             is (e.g. ``[16, 32, 32]`` or ``[4, 16, 32, 32]``).
+        network: with ``"auto"``, work that is not small and more than one CPU, a :class:`ThreadGovernor`
+            is attached to it (:func:`govern_threads`), which adapts the count while it runs.
     """
     if threads in (None, "auto"):
+        voxels = None if work is None else (work if isinstance(work, int) else math.prod(int(v) for v in work))
         if os.environ.get("OMP_NUM_THREADS"):
             n, why = torch.get_num_threads(), "OMP_NUM_THREADS"
         else:
-            voxels = None if work is None else (work if isinstance(work, int) else math.prod(int(v) for v in work))
             n = choose_threads(voxels)
             why = f"auto: {available_cpus()} CPUs, load {_load_average():.1f}" + (f", {voxels} voxels a pass" if voxels else "")
+            small = voxels is not None and voxels <= SMALL_WORK_VOXELS
+            on_cpu = network is not None and all(p.device.type == "cpu" for p in network.parameters())
+            if on_cpu and not small and available_cpus() > 1:
+                govern_threads(network)
+                why += ", adapted while running"
     else:
         n, why = int(threads), "set"
         if n < 1:
@@ -197,3 +213,90 @@ def set_threads(threads: int | str | None = "auto", work: int | Sequence[int] | 
         torch.set_num_threads(n)
     _log_once(("threads", n, why), f"intra-op threads: {n} ({why})")
     return n
+
+
+def run_queue_wait() -> float | None:
+    """Seconds the threads of this process have spent runnable but waiting for a CPU (Linux schedstat),
+    or None where the kernel does not report it."""
+    total = 0
+    try:
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except FileNotFoundError:  # the thread ended meanwhile
+                continue
+    except OSError:
+        return None
+    return total / 1e9
+
+
+class ThreadGovernor:
+    """Adjusts PyTorch's intra-op threads while work runs, from the time its threads wait for a CPU.
+
+    Call :meth:`tick` often (e.g. before each forward pass: :func:`govern_threads`). Every ``interval``
+    seconds it reads how long the process's threads were runnable but waiting for a CPU. Above
+    ``high`` of the interval, other processes hold CPUs the threads need (and each parallel region waits
+    for its slowest thread): one thread less. With fewer than ``max_threads`` and a load average, less
+    this process's threads, that leaves a whole CPU free: one thread more.
+
+    Args:
+        max_threads: the most threads to use (default: the count when the governor starts).
+        interval: seconds between decisions.
+        high: run-queue wait, as a fraction of the interval, above which the count drops.
+        clock, wait, load: the wall clock, the run-queue wait (:func:`run_queue_wait`) and the load average
+            (for tests).
+    """
+
+    def __init__(
+        self,
+        max_threads: int | None = None,
+        interval: float = 10.0,
+        high: float = 0.25,
+        clock: Callable[[], float] | None = None,
+        wait: Callable[[], float | None] | None = None,
+        load: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self.max_threads = max_threads or torch.get_num_threads()
+        self.interval = interval
+        self.high = high
+        self.clock = clock or time.perf_counter
+        self.wait = wait or run_queue_wait
+        self.load = load or _load_average
+        self._mark = (self.clock(), self.wait())
+
+    def decide(self, threads: int, wall: float, wait: float, load: float) -> int:
+        """The thread count after ``wall`` seconds at ``threads`` threads in which they waited ``wait``
+        seconds for a CPU, with ``load`` the one-minute load average (this process included)."""
+        if threads > 1 and wait > self.high * wall:
+            return threads - 1
+        if threads < self.max_threads and load - threads <= self.max_threads - threads - 0.75:
+            return threads + 1
+        return threads
+
+    def tick(self, *_) -> None:
+        """Decide if ``interval`` seconds have passed since the last decision (arguments are ignored, so that
+        this can be a forward pre-hook)."""
+        now = self.clock()
+        if self._mark[1] is None or now - self._mark[0] < self.interval:
+            return
+        waited = self.wait()
+        if waited is None:
+            return
+        threads, wall = torch.get_num_threads(), now - self._mark[0]
+        n = self.decide(threads, wall, waited - self._mark[1], self.load())
+        if n != threads:
+            torch.set_num_threads(n)
+            _logger.info(f"intra-op threads: {threads} -> {n} (waited {waited - self._mark[1]:.1f} s for CPUs in {wall:.1f} s)")
+        self._mark = (self.clock(), self.wait())
+
+
+def govern_threads(network: torch.nn.Module, max_threads: int | None = None, interval: float = 10.0) -> torch.nn.Module:
+    """Attach a :class:`ThreadGovernor` to ``network`` (ticked before each forward pass; for a
+    ``ModuleList``, such as an ensemble, before each member's); returns ``network``."""
+    governor = ThreadGovernor(max_threads=max_threads or available_cpus(), interval=interval)
+    for module in network if isinstance(network, torch.nn.ModuleList) else [network]:
+        module.register_forward_pre_hook(governor.tick)
+    return network

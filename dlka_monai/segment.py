@@ -19,7 +19,7 @@ import glob
 import shutil
 import sys
 import tempfile
-from argparse import RawDescriptionHelpFormatter
+from argparse import ArgumentTypeError, RawDescriptionHelpFormatter
 from pathlib import Path
 
 import torch
@@ -198,6 +198,12 @@ def _segment_photos(input: str, output: str, ckpt: Path, plan: dict, device: str
     return written
 
 
+def _threads(value: str) -> int | str:
+    if value == "auto" or (value.isdigit() and int(value) > 0):
+        return value if value == "auto" else int(value)
+    raise ArgumentTypeError(f"expected auto or a count, got {value!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="dlka-segment", description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -219,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the network's precision; auto: bf16 where the CPU (AMX-BF16, AVX512-BF16) or GPU computes it natively, else fp32 (default: auto)",
     )
     parser.add_argument(
-        "--threads", default="auto", type=lambda v: v if v == "auto" else int(v),
+        "--threads", default="auto", type=_threads,
         help="CPU threads: a count, or auto (one per CPU not kept busy by other processes; one for small work) (default: auto)",
     )
     args = parser.parse_args(argv)

@@ -132,3 +132,43 @@ def test_set_threads_applies_counts_and_keeps_an_explicit_omp_num_threads(monkey
             set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "threads, wall, wait, load, expected",
+    [
+        (2, 10.0, 0.1, 2.1, 2),  # alone on two CPUs: keep both
+        (2, 10.0, 6.0, 3.0, 1),  # a busy competitor: the threads waited 60 % of the time -> one less
+        (1, 10.0, 0.2, 2.0, 1),  # still competing (load 2 = us + it): stay at one
+        (1, 10.0, 0.0, 1.1, 2),  # the competitor left: a CPU is free again
+        (4, 10.0, 3.0, 5.0, 3),
+    ],
+)
+def test_thread_governor_decisions(threads, wall, wait, load, expected):
+    from dlka_monai.runtime import ThreadGovernor
+
+    assert ThreadGovernor(max_threads=2 if threads <= 2 else 4).decide(threads, wall, wait, load) == expected
+
+
+def test_thread_governor_ticks_before_forward_passes_and_sets_the_count():
+    from dlka_monai.runtime import govern_threads, run_queue_wait, ThreadGovernor
+
+    waited = run_queue_wait()
+    assert waited is None or waited >= 0.0
+    clock, wait = [0.0], [0.0]
+    governor = ThreadGovernor(max_threads=2, interval=10.0, clock=lambda: clock[0], wait=lambda: wait[0], load=lambda: 3.0)
+    net = torch.nn.Linear(2, 2)
+    net.register_forward_pre_hook(governor.tick)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        clock[0], wait[0] = 5.0, 4.0
+        net(torch.zeros(1, 2))  # before the interval: nothing decided
+        assert torch.get_num_threads() == 2
+        clock[0], wait[0] = 11.0, 6.0
+        net(torch.zeros(1, 2))
+        assert torch.get_num_threads() == 1
+        ensemble = govern_threads(torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]))
+        assert all(len(m._forward_pre_hooks) == 1 for m in ensemble)
+    finally:
+        torch.set_num_threads(before)
