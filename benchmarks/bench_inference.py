@@ -189,6 +189,7 @@ def window_gflop(network: torch.nn.Module, roi_size, device: torch.device) -> fl
 def run_inference(image: Path, out_dir: Path, device: torch.device, args: argparse.Namespace, precision: str | None = None) -> dict:
     precision = precision or args.precision
     overrides = dict(input=str(image), output_dir=str(out_dir), device=f"$torch.device('{device}')", tta=args.tta, precision=precision)
+    overrides["threads"] = args.threads or "auto"  # the config's thread policy, unless --threads fixes the count
     if args.overlap is not None:
         overrides["overlap"] = args.overlap
     if args.checkpoint:
@@ -312,7 +313,7 @@ def main() -> None:
     parser.add_argument("--peer", action="store_true", help="also run MONAI's SwinUNETR with the model zoo's settings")
     parser.add_argument("--skip_ours", action="store_true", help="with --peer: run only SwinUNETR")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the config's policy, threads auto)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="the config's precision (default: auto)")
     parser.add_argument(
         "--precisions", default=None, type=lambda v: v.split(","),
