@@ -295,8 +295,10 @@ class ThreadGovernor:
 
 def govern_threads(network: torch.nn.Module, max_threads: int | None = None, interval: float = 10.0) -> torch.nn.Module:
     """Attach a :class:`ThreadGovernor` to ``network`` (ticked before each forward pass; for a
-    ``ModuleList``, such as an ensemble, before each member's); returns ``network``."""
+    ``ModuleList``, such as an ensemble, before each member's), unless it has one; returns ``network``."""
     governor = ThreadGovernor(max_threads=max_threads or available_cpus(), interval=interval)
     for module in network if isinstance(network, torch.nn.ModuleList) else [network]:
-        module.register_forward_pre_hook(governor.tick)
+        if not getattr(module, "_thread_governor", None):  # once per module, however often a config initialises
+            module._thread_governor = governor
+            module.register_forward_pre_hook(governor.tick)
     return network

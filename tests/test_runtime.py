@@ -169,6 +169,7 @@ def test_thread_governor_ticks_before_forward_passes_and_sets_the_count():
         net(torch.zeros(1, 2))
         assert torch.get_num_threads() == 1
         ensemble = govern_threads(torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]))
+        govern_threads(ensemble)  # a second initialisation of the same network adds nothing
         assert all(len(m._forward_pre_hooks) == 1 for m in ensemble)
     finally:
         torch.set_num_threads(before)
