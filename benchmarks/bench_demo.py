@@ -13,7 +13,14 @@ generated afresh into its ``data/demo``), and reports:
 
 against the targets: <= 600 s on 2 CPU cores, mean Dice over the 8 organs >= 0.6.
 
-    python benchmarks/bench_demo.py [--scratch DIR] [--json PATH] [--reference-gflops 132.3] [-- --key value ...]
+``--contend`` then runs the same command again (in a second scratch copy) beside one competing busy
+single-thread process and prints the wall time with it over the time alone, both from this run (target:
+<= 1.5). The bundle picks its threads itself (``threads`` "auto", dlka_monai.runtime); unset
+``OMP_NUM_THREADS`` first, else the bundle keeps that count. Compare policies with bundle arguments, e.g.
+``-- --max_epochs 20 --threads 2`` (a fixed count) against ``-- --max_epochs 20`` (auto), and the OpenMP
+wait policy with ``OMP_WAIT_POLICY=passive python benchmarks/bench_demo.py ...``.
+
+    python benchmarks/bench_demo.py [--scratch DIR] [--json PATH] [--reference-gflops 132.3] [--contend] [-- --key value ...]
 
 Arguments after ``--`` are passed on to the bundle command (e.g. ``-- --max_epochs 4``).
 """
@@ -63,6 +70,31 @@ def scratch_copy(dest: Path) -> None:
     shutil.copytree(ROOT, dest, ignore=ignore, dirs_exist_ok=True)
 
 
+def run_command(cmd: list[str], scratch: Path, env: dict) -> tuple[float, float]:
+    """Run ``cmd`` in ``scratch`` (console output to ``console.log`` there); returns (wall s, CPU s of the child)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    with open(scratch / "console.log", "w", encoding="utf-8") as log:
+        rc = subprocess.run(cmd, cwd=scratch, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if rc != 0:
+        print((scratch / "console.log").read_text(encoding="utf-8", errors="replace")[-4000:])
+        raise SystemExit(f"the training command failed (exit code {rc})")
+    return wall, (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
+
+
+def contended_run(cmd: list[str], scratch: Path, env: dict) -> tuple[float, float]:
+    """:func:`run_command` beside one busy single-thread process (started a few seconds before, killed after)."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(5)
+        return run_command(cmd, scratch, env)
+    finally:
+        busy.kill()
+        busy.wait()
+
+
 def organ_dice(record: dict) -> dict[str, float]:
     return {name: record["class_dice"][str(c)] for c, name in SYNAPSE_8_ORGANS.items() if str(c) in record.get("class_dice", {})}
 
@@ -75,6 +107,7 @@ def main() -> None:
     parser.add_argument("--scratch", type=Path, help="scratch folder (default: a temporary one, deleted after)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--reference-gflops", type=float, default=132.3, help="idle matmul GFLOP/s of the machine (RESULTS.md)")
+    parser.add_argument("--contend", action="store_true", help="also run beside one busy process and print the ratio")
     args = parser.parse_args(own)
 
     tmp = None
@@ -87,17 +120,8 @@ def main() -> None:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json", *extra]
 
     gflops_before, load_before = matmul_gflops(), os.getloadavg()
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    with open(scratch / "console.log", "w", encoding="utf-8") as log:
-        rc = subprocess.run(cmd, cwd=scratch, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
+    wall, cpu = run_command(cmd, scratch, env)
     gflops_after, load_after = matmul_gflops(), os.getloadavg()
-    if rc != 0:
-        print((scratch / "console.log").read_text(encoding="utf-8", errors="replace")[-4000:])
-        raise SystemExit(f"the training command failed (exit code {rc})")
 
     history = json.loads((scratch / "logs" / "progress.json").read_text(encoding="utf-8"))["epochs"]
     validated = [r for r in history if "dice" in r]
@@ -131,6 +155,14 @@ def main() -> None:
     print(f"best epoch {best['epoch']}: " + ", ".join(f"{k} {v:.3f}" for k, v in organs.items()))
     print(f"mean Dice over the 8 organs {mean8:.3f} (target >= {TARGET_DICE}: {'met' if mean8 >= TARGET_DICE else 'missed'}); "
           f"over all 13 classes {best['dice']:.3f}")
+    if args.contend:
+        contended = scratch / "contended"
+        scratch_copy(contended)
+        env_c = {**env, "PYTHONPATH": env["PYTHONPATH"].replace(str(scratch), str(contended), 1)}
+        wall_c, cpu_c = contended_run(cmd, contended, env_c)
+        result.update(contended_wall_s=wall_c, contended_cpu_s=cpu_c, contended_ratio=wall_c / wall)
+        print(f"with one busy process: wall {wall_c:.0f} s, CPU {cpu_c:.0f} s; alone {wall:.0f} s: ratio {wall_c / wall:.2f} "
+              f"(target <= 1.5: {'met' if wall_c / wall <= 1.5 else 'missed'}), same run")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
     if tmp is not None:

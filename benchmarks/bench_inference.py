@@ -9,7 +9,15 @@ save. The network has random weights unless ``--checkpoint`` is given (the compu
 Reports: total seconds (config parsing and network construction included), the phases (load +
 preprocess, sliding window, of which network forward, postprocess + save), the number of windows,
 the resampled shape, peak memory (max RSS of this process; on CUDA also the allocator peak), against
-the target: <= 60 s on 2 CPU cores.
+the target: <= 30 s on 2 CPU cores. The network runs in the config's ``precision`` (``--precision``,
+default ``auto``: bf16 autocast where the CPU or GPU computes it natively). Beside the time: the FLOP
+limit, the GEMM/conv FLOPs of all windows (counted by ``torch.utils.flop_counter`` on one window) over
+the fp32 (and bf16) matmul rate measured in this run at its thread count: the least time the network's
+arithmetic could take.
+
+``--precisions fp32,bf16`` runs the config once per precision on the same volume and weights and adds a
+table: time and the voxel agreement of each label map with the first one's (use a trained
+``--checkpoint``: with random weights the logits are nearly tied and agreement means little).
 
 ``--peer`` then runs MONAI's SwinUNETR on the same file with the settings of the MONAI model zoo's
 ``swin_unetr_btcv_segmentation`` bundle (feature size 48, RAS, 1.5x1.5x2 mm bilinear, HU -175..250 to
@@ -20,7 +28,7 @@ resampled volume in each network's axis order: z-first for ours, RAS x, y, z for
 
     python benchmarks/bench_inference.py [--size 512,512,100] [--spacing 0.7,0.7,2.5] [--overlap 0.5]
         [--tta] [--device cpu|cuda] [--threads N] [--input CT.nii.gz] [--checkpoint model.pt]
-        [--peer] [--json PATH]
+        [--precision auto|fp32|bf16|fp16] [--precisions fp32,bf16] [--peer] [--json PATH]
 """
 
 from __future__ import annotations
@@ -61,9 +69,10 @@ from scipy import ndimage
 from dlka_monai.data import generate_demo_dataset
 from dlka_monai.data.demo import _save_nifti as save_nifti
 from dlka_monai.networks.layers.deform_conv_fast import deform_conv3d_fast, numba_kernels
+from dlka_monai.runtime import PRECISIONS, describe_precision
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET_S = 60.0
+TARGET_S = 30.0
 
 
 def _triple(text: str, kind=float) -> tuple:
@@ -153,8 +162,34 @@ def _timed_run(evaluator, device: torch.device, start: float, run) -> dict:
     return stats
 
 
-def run_inference(image: Path, out_dir: Path, device: torch.device, args: argparse.Namespace) -> dict:
-    overrides = dict(input=str(image), output_dir=str(out_dir), device=f"$torch.device('{device}')", tta=args.tta)
+def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 3, device: torch.device = torch.device("cpu")) -> float:
+    """Best rate of ``repeats`` ``n``³ matmuls in ``dtype`` at the current thread count, in GFLOP/s."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up (oneDNN/cuBLAS kernel selection)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def window_gflop(network: torch.nn.Module, roi_size, device: torch.device) -> float:
+    """GEMM and convolution GFLOPs of one forward pass of ``network`` on one window (fp32, no grad)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        network(torch.zeros(1, 1, *roi_size, device=device))
+    return counter.get_total_flops() / 1e9
+
+
+def run_inference(image: Path, out_dir: Path, device: torch.device, args: argparse.Namespace, precision: str | None = None) -> dict:
+    precision = precision or args.precision
+    overrides = dict(input=str(image), output_dir=str(out_dir), device=f"$torch.device('{device}')", tta=args.tta, precision=precision)
+    overrides["threads"] = args.threads or "auto"  # the config's thread policy, unless --threads fixes the count
     if args.overlap is not None:
         overrides["overlap"] = args.overlap
     if args.checkpoint:
@@ -180,13 +215,15 @@ def run_inference(image: Path, out_dir: Path, device: torch.device, args: argpar
     stats = _timed_run(evaluator, device, start, run)
     if not list(out_dir.glob("*_seg.nii.gz")):
         raise RuntimeError(f"the inference config wrote no label map to {out_dir}")
+    roi_size = list(workflow.parser.get_parsed_content("img_size"))
     return dict(
         model="dlka3d_synapse",
         **stats,
         overlap=workflow.parser.get_parsed_content("overlap"),
-        roi_size=list(workflow.parser.get_parsed_content("img_size")),
+        roi_size=roi_size,
         pixdim=list(workflow.parser.get_parsed_content("pixdim")),
-        amp=bool(workflow.parser.get_parsed_content("amp")),
+        precision=describe_precision(precision, device),
+        window_gflop=window_gflop(evaluator.network, roi_size, device),
     )
 
 
@@ -230,7 +267,7 @@ def run_peer(image: Path, out_dir: Path, device: torch.device) -> dict:
     if not list(out_dir.glob("*_seg.nii.gz")):
         raise RuntimeError(f"the SwinUNETR run wrote no label map to {out_dir}")
     return dict(model="SwinUNETR (model zoo settings)", **stats, overlap=PEER["overlap"], roi_size=list(PEER["roi_size"]),
-                pixdim=list(PEER["pixdim"]), amp=device.type == "cuda")
+                pixdim=list(PEER["pixdim"]), precision="fp16 autocast on cuda" if device.type == "cuda" else "fp32")
 
 
 def _warm_up_kernels(device: torch.device) -> str:
@@ -261,7 +298,7 @@ def _table(rows: list[dict], device: torch.device) -> None:
         spacing_text = "x".join(f"{s:g}" for s in row["spacing"])
         print(
             f"{'':>32} spacing {spacing_text} mm -> pixdim {row['pixdim']}, roi {row['roi_size']},"
-            f" overlap {row['overlap']}, amp {row['amp']}"
+            f" overlap {row['overlap']}, {row['precision']}"
         )
 
 
@@ -276,9 +313,17 @@ def main() -> None:
     parser.add_argument("--peer", action="store_true", help="also run MONAI's SwinUNETR with the model zoo's settings")
     parser.add_argument("--skip_ours", action="store_true", help="with --peer: run only SwinUNETR")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the config's policy, threads auto)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="the config's precision (default: auto)")
+    parser.add_argument(
+        "--precisions", default=None, type=lambda v: v.split(","),
+        help="comma-separated precisions to run one after the other (e.g. fp32,bf16): a table of time and label agreement",
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
+    for p in args.precisions or []:
+        if p not in PRECISIONS:
+            parser.error(f"--precisions: {p!r} is not one of {', '.join(PRECISIONS)}")
     if args.skip_ours and not args.peer:
         parser.error("--skip_ours needs --peer")
     if args.threads:
@@ -301,8 +346,20 @@ def main() -> None:
             rows.append(dict(case, **run_inference(image, Path(tmp) / "out", device, args)))
         if args.peer:
             rows.append(dict(case, **run_peer(image, Path(tmp) / "peer", device)))
+        precision_rows = _precision_table(image, Path(tmp), device, args, case) if args.precisions else []
     _table(rows, device)
     threads = torch.get_num_threads()
+    rates = {"fp32": matmul_gflops(torch.float32, device=device), "bf16": matmul_gflops(torch.bfloat16, device=device)}
+    print(f"matmul 2048^3 at {threads} threads: fp32 {rates['fp32']:.0f} GFLOP/s, bf16 {rates['bf16']:.0f} GFLOP/s (this run)")
+    for row in rows:
+        if "window_gflop" in row:
+            total = row["window_gflop"] * row["windows"]
+            row["gflop"], row["flop_limit_s"] = total, {k: total / v for k, v in rates.items()}
+            print(
+                f"{row['model']}: {row['windows']} windows x {row['window_gflop']:.1f} GFLOP = {total:.0f} GFLOP; "
+                f"FLOP limit fp32 {row['flop_limit_s']['fp32']:.1f} s, bf16 {row['flop_limit_s']['bf16']:.1f} s; "
+                f"network {row['network_s']:.1f} s ({row['precision']}), total {row['total_s']:.1f} s"
+            )
     if not args.skip_ours:
         ours = rows[0]
         target = f"target <= {TARGET_S:g} s for 512x512x~100 on 2 CPU cores"
@@ -315,10 +372,28 @@ def main() -> None:
                 f"dlka3d_synapse / SwinUNETR (model zoo settings), same run: total {ours['total_s'] / peer['total_s']:.2f},"
                 f" network {ours['network_s'] / peer['network_s']:.2f}"
             )
+    if precision_rows:
+        print(f"{'precision':>36} {'network s':>10} {'s/win':>6} {'total s':>8} {'agreement':>10}")
+        for row in precision_rows:
+            print(f"{row['precision']:>36} {row['network_s']:>10.1f} {row['s_per_window']:>6.2f} {row['total_s']:>8.1f} {row['agreement']:>10.5f}")
+        print(f"agreement: fraction of voxels whose label equals the {precision_rows[0]['precision']} run's")
     if args.json:
-        meta = dict(device=str(device), torch=torch.__version__, threads=threads, processor=platform.processor(), deform_conv=path)
+        meta = dict(device=str(device), torch=torch.__version__, threads=threads, processor=platform.processor(), deform_conv=path, matmul_gflops=rates)
         with open(args.json, "w") as f:
-            json.dump(dict(meta=meta, results=rows), f, indent=1)
+            json.dump(dict(meta=meta, results=rows, precisions=precision_rows), f, indent=1)
+
+
+def _precision_table(image: Path, tmp: Path, device: torch.device, args: argparse.Namespace, case: dict) -> list[dict]:
+    """One run of the config per precision of ``--precisions``; agreement of each label map with the first's."""
+    rows, first = [], None
+    for precision in args.precisions:
+        out = tmp / f"precision_{precision}"
+        row = dict(case, **run_inference(image, out, device, args, precision=precision))
+        labels = np.asarray(nib.load(next(out.glob("*_seg.nii.gz"))).dataobj)
+        first = labels if first is None else first
+        row["agreement"] = float((labels == first).mean())
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
-from argparse import RawDescriptionHelpFormatter
+from argparse import ArgumentTypeError, RawDescriptionHelpFormatter
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ from dlka_monai.cli import ArgumentParser, literal
 from dlka_monai.data import NIFTI_SUFFIXES, InvalidInputError, SITKReader, check_output_dir, inference_datalist
 from dlka_monai.inference.statistics import label_statistics, statistics_path, volume_summary, write_statistics
 from dlka_monai.plan import class_names
+from dlka_monai.runtime import PRECISIONS, describe_precision
 from dlka_monai.weights import load_model, model_files, model_plan
 
 __all__ = ["MODEL_NAMES", "main", "output_paths", "resolve_model", "segment"]
@@ -176,6 +177,8 @@ def segment(
     overwrite: bool = False,
     output_type: str = "nifti",
     statistics: bool = False,
+    precision: str = "auto",
+    threads: int | str = "auto",
 ) -> list[Path]:
     """Segment ``input`` into ``output``; prints one line per case (the file written and the volume of each
     class, named as the model's plan names them); returns the written files.
@@ -194,6 +197,10 @@ def segment(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
         raise SegmentError("--device cuda: no CUDA device available.")
+    try:
+        precision_line = describe_precision(precision, device)
+    except ValueError as e:
+        raise SegmentError(str(e)) from e
     files = model_files(ckpt)
     plan = model_plan(files[0])
     if plan["spatial_dims"] == 2 and plan["axcodes"] is None:
@@ -236,7 +243,10 @@ def segment(
             device=torch.device(device),
             tta=tta,
             image_reader=[SITKReader(series_uid=series), "NibabelReader"],
+            precision=precision,
+            threads=threads,
         )
+        print(f"dlka-segment: precision {precision_line}", flush=True)
         staged: list[tuple[Path, dict]] = []
         # the input's intensities, on the grid of the label map, for the statistics
         load = LoadImage(reader=[SITKReader(series_uid=series), "NibabelReader"], image_only=True) if statistics else None
@@ -307,6 +317,12 @@ def _segment_photos(input: str, output: str, files: list[str], plan: dict, devic
     return written
 
 
+def _threads(value: str) -> int | str:
+    if value == "auto" or (value.isdigit() and int(value) > 0):
+        return value if value == "auto" else int(value)
+    raise ArgumentTypeError(f"expected auto or a count, got {value!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="dlka-segment", description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -340,11 +356,19 @@ def main(argv: list[str] | None = None) -> int:
         "--statistics", action="store_true",
         help="write <name>_statistics.json beside each output: volume, voxel count, mean and std intensity, bounding box of each class",
     )
+    parser.add_argument(
+        "--precision", default="auto", choices=PRECISIONS,
+        help="the network's precision; auto: bf16 where the CPU (AMX-BF16, AVX512-BF16) or GPU computes it natively, else fp32 (default: auto)",
+    )
+    parser.add_argument(
+        "--threads", default="auto", type=_threads,
+        help="CPU threads: a count, or auto (one per CPU not kept busy by other processes; one for small work) (default: auto)",
+    )
     args = parser.parse_args(argv)
     try:
         written = segment(
             args.input, args.output, args.model, args.device, args.tta, args.series, args.overwrite, args.output_type,
-            args.statistics,
+            args.statistics, args.precision, args.threads,
         )
     except (SegmentError, InvalidInputError, OSError) as e:
         print(f"dlka-segment: error: {e}", file=sys.stderr)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from monai.inferers import Inferer, SlidingWindowInferer
 
 from dlka_monai.inference.slice_inferer import SliceResizeInferer
+from dlka_monai.runtime import PrecisionInferer
 
 __all__ = ["window_inferer"]
 
@@ -19,6 +20,7 @@ def window_inferer(
     overlap: float = 0.5,
     mode: str = "gaussian",
     progress: bool = False,
+    precision: str = "fp32",
 ) -> Inferer:
     """Sliding windows of ``img_size`` over a volume for a 3D net; every axial slice (axis 0 of the SAR
     arrays) resized to ``img_size`` and back for a 2D net.
@@ -29,7 +31,11 @@ def window_inferer(
         sw_batch_size: windows (3D) or slices (2D) per forward pass.
         overlap, mode: of the 3D sliding windows (MONAI's ``SlidingWindowInferer``).
         progress: show a progress bar.
+        precision: the network's precision, ``"auto" | "fp32" | "bf16" | "fp16"``
+            (:class:`~dlka_monai.runtime.PrecisionInferer`); the blending of the outputs stays float32.
     """
     if spatial_dims == 2:
-        return SliceResizeInferer(img_size=img_size, sw_batch_size=sw_batch_size, spatial_dim=0, progress=progress)
-    return SlidingWindowInferer(roi_size=img_size, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode, progress=progress)
+        inferer = SliceResizeInferer(img_size=img_size, sw_batch_size=sw_batch_size, spatial_dim=0, progress=progress)
+    else:
+        inferer = SlidingWindowInferer(roi_size=img_size, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode, progress=progress)
+    return inferer if precision == "fp32" else PrecisionInferer(inferer, precision)

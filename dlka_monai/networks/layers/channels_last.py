@@ -17,7 +17,8 @@ class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
     channels-last network pays two copies per norm. Here the input is read as ``[B, N, C]`` rows: a
     per-channel pilot mean from a strided subsample is subtracted (so that the float32 sums below do
     not cancel), the mean and the variance of the rest come from two batched GEMMs (``1ᵀd`` and the
-    diagonal of ``dᵀd``), and one ``addcmul`` normalises in place. Everything else (training, running
+    diagonal of ``dᵀd``), and one ``addcmul`` normalises in place. The statistics are float32 for a
+    bfloat16 / float16 input too (autocast off inside), the result in the input's dtype. Everything else (training, running
     statistics, contiguous input, autograd, other devices) runs ``nn.InstanceNorm3d.forward``.
 
     ``forward``: ``[B, C, D, H, W]`` -> ``[B, C, D, H, W]``, in the input's layout.
@@ -35,16 +36,19 @@ class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
         batch, ch, *size = x.shape
         rows = x.permute(0, 2, 3, 4, 1).reshape(batch, -1, ch)  # a view: the layout is channels-last
         n = rows.shape[1]
-        d = rows - rows[:, :: max(1, n // 4096)].mean(1, keepdim=True)
-        mean = torch.bmm(d.new_full((batch, 1, n), 1.0 / n), d)  # [B, 1, C]
-        var = torch.bmm(d.transpose(1, 2), d).diagonal(dim1=1, dim2=2).unsqueeze(1) / n - mean * mean
-        scale = torch.rsqrt(var.clamp_min(0) + self.eps)
-        shift = -mean * scale
-        if self.affine:
-            scale = scale * self.weight
-            shift = shift * self.weight + self.bias
-        torch.addcmul(shift, d, scale, out=d)
-        return d.view(batch, *size, ch).permute(0, 4, 1, 2, 3)
+        # float32 statistics also for a bfloat16 / float16 input (as under autocast, which is off here so that
+        # the GEMMs keep float32); the result returns in the input's dtype
+        with torch.autocast("cpu", enabled=False):
+            d = rows - rows[:, :: max(1, n // 4096)].float().mean(1, keepdim=True)
+            mean = torch.bmm(d.new_full((batch, 1, n), 1.0 / n), d)  # [B, 1, C]
+            var = torch.bmm(d.transpose(1, 2), d).diagonal(dim1=1, dim2=2).unsqueeze(1) / n - mean * mean
+            scale = torch.rsqrt(var.clamp_min(0) + self.eps)
+            shift = -mean * scale
+            if self.affine:
+                scale = scale * self.weight
+                shift = shift * self.weight + self.bias
+            torch.addcmul(shift, d, scale, out=d)
+        return d.to(x.dtype).view(batch, *size, ch).permute(0, 4, 1, 2, 3)
 
 
 def _inference_channels_last(x: torch.Tensor) -> bool:

@@ -1,0 +1,304 @@
+# Copyright (c) dlka_monai contributors. Licensed under the Apache License, Version 2.0.
+"""How a process runs its networks: the numeric precision and the number of CPU threads.
+
+Precision (``"auto" | "fp32" | "bf16" | "fp16"``, the ``precision`` id of ``configs/inference.json`` and
+``dlka-segment --precision``): ``"auto"`` is bfloat16 autocast where the hardware computes it natively (a
+CPU with AMX-BF16 or AVX512-BF16, as PyTorch reports them; a CUDA device with bf16 support), float32
+elsewhere. Autocast runs the convolutions and GEMMs in the low precision; the deformable convolution
+casts its inputs to float32 (:func:`~dlka_monai.networks.layers.deform_conv_fast.deform_conv3d_fast`)
+and the channels-last instance norm computes its statistics in float32, so sampling positions and
+normalisation keep float32 accuracy.
+
+Threads (``threads``: ``"auto"`` or a count): ``"auto"`` gives one intra-op thread to small work, where
+fanning out does not pay, and otherwise one thread per CPU this process may use that other processes
+do not keep busy (the one-minute load average), because every OpenMP parallel region waits for its
+slowest thread: with one busy competitor, two threads on two cores run 5-15x slower than one. An
+``OMP_NUM_THREADS`` set in the environment is the user's choice and is kept. Competition that starts
+later is met by :class:`ThreadGovernor` (:func:`govern_threads` on a network): when the process's
+threads wait for CPUs, it drops a thread; when the load average says a CPU is free again, it adds one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+from monai.inferers import Inferer
+
+__all__ = [
+    "PRECISIONS",
+    "PrecisionInferer",
+    "autocast",
+    "choose_threads",
+    "cpu_has_native_bf16",
+    "describe_precision",
+    "govern_threads",
+    "resolve_precision",
+    "set_threads",
+    "ThreadGovernor",
+]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+SMALL_WORK_VOXELS = 32**3
+"""Voxels per forward pass (batch x window) at or below which ``threads="auto"`` uses one thread."""
+
+_logger = logging.getLogger(__name__)
+_logged: set = set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16), as PyTorch detects it."""
+    caps = getattr(torch.cpu, "get_capabilities", None)
+    if caps is not None:
+        found = caps()
+        return bool(found.get("amx_bf16") or found.get("avx512_bf16"))
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """``precision`` (one of :data:`PRECISIONS`) for ``device`` -> ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+
+    Raises:
+        ValueError: an unknown precision, or bf16 asked of a CUDA device without bf16 support (one line).
+    """
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}.")
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        native = cuda_bf16 if device.type == "cuda" else device.type == "cpu" and cpu_has_native_bf16()
+        return "bf16" if native else "fp32"
+    if precision == "bf16" and device.type == "cuda" and not cuda_bf16:
+        raise ValueError("precision bf16: this CUDA device does not support bfloat16; use fp16 or fp32.")
+    return precision
+
+
+def describe_precision(precision: str, device: str | torch.device) -> str:
+    """One line for logs, e.g. ``"bf16 autocast on cpu (auto: CPU with AMX-BF16 / AVX512-BF16)"``."""
+    device = torch.device(device)
+    resolved = resolve_precision(precision, device)
+    text = "fp32" if resolved == "fp32" else f"{resolved} autocast"
+    if precision == "auto":
+        why = {"cpu": "CPU with AMX-BF16 / AVX512-BF16", "cuda": "CUDA device with bf16"}.get(device.type, device.type)
+        text += f" on {device.type} (auto: {why})" if resolved == "bf16" else f" on {device.type} (auto: no native bf16)"
+    else:
+        text += f" on {device.type}"
+    return text
+
+
+def autocast(precision: str, device: str | torch.device):
+    """The context that runs a network in ``precision`` on ``device``: ``torch.autocast`` for bf16/fp16,
+    nothing for fp32."""
+    device = torch.device(device)
+    resolved = resolve_precision(precision, device)
+    if resolved == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[resolved])
+
+
+def _log_once(key, message: str) -> None:
+    if key not in _logged:
+        _logged.add(key)
+        _logger.info(message)
+
+
+class PrecisionInferer(Inferer):
+    """An inferer whose network runs in a precision: each network call (e.g. each batch of sliding windows)
+    runs under :func:`autocast` and its output is returned as float32, so that what the inner inferer does
+    with the outputs (blending windows, averaging flips) stays float32.
+
+    Args:
+        inferer: the inner inferer (e.g. a ``SlidingWindowInferer``).
+        precision: one of :data:`PRECISIONS`; ``"auto"`` is resolved per call for the inputs' device.
+
+    ``__call__(inputs, network, *args, **kwargs)``: as the inner inferer's. The precision that ran is logged
+    at the first call on each device (logger ``dlka_monai.runtime``).
+    """
+
+    def __init__(self, inferer: Inferer, precision: str = "auto") -> None:
+        super().__init__()
+        resolve_precision(precision, "cpu")  # an unknown name fails here, not at the first case
+        self.inferer = inferer
+        self.precision = precision
+        self._logged: set[str] = set()
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        device = inputs.device
+        if str(device) not in self._logged:
+            self._logged.add(str(device))
+            _logger.info(f"inference precision: {describe_precision(self.precision, device)}")
+        if resolve_precision(self.precision, device) == "fp32":
+            return self.inferer(inputs, network, *args, **kwargs)
+
+        def run(x, *a, **k):
+            with autocast(self.precision, device):
+                y = network(x, *a, **k)
+            return y.float() if isinstance(y, torch.Tensor) else y
+
+        return self.inferer(inputs, run, *args, **kwargs)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def choose_threads(work_voxels: int | None = None, cpus: int | None = None, load: float | None = None) -> int:
+    """Intra-op threads for work of ``work_voxels`` voxels per forward pass on ``cpus`` CPUs of which
+    ``load`` are kept busy by other processes.
+
+    One thread when the work is small (``<= SMALL_WORK_VOXELS``); otherwise the CPUs left free by the load,
+    rounded to the nearest count, at least one and at most ``cpus``.
+
+    Args:
+        work_voxels: voxels of one forward pass (batch x window); None: unknown (not small).
+        cpus: usable CPUs; default :func:`available_cpus`.
+        load: CPUs busy with other work; default the one-minute load average (read at process start,
+            before this process adds to it).
+    """
+    cpus = available_cpus() if cpus is None else cpus
+    load = _load_average() if load is None else load
+    if work_voxels is not None and work_voxels <= SMALL_WORK_VOXELS:
+        return 1
+    return max(1, min(cpus, math.floor(cpus - load + 0.5)))
+
+
+def set_threads(
+    threads: int | str | None = "auto", work: int | Sequence[int] | None = None, network: torch.nn.Module | None = None
+) -> int:
+    """The thread policy: set PyTorch's intra-op thread count (the numba kernels follow it) and return it.
+
+    Args:
+        threads: a count, or ``"auto"`` / None for :func:`choose_threads`; with ``OMP_NUM_THREADS`` set in
+            the environment, ``"auto"`` keeps the count that gave.
+        work: voxels of one forward pass, or a window size and optionally batch factors whose product that
+            is (e.g. ``[16, 32, 32]`` or ``[4, 16, 32, 32]``).
+        network: with ``"auto"``, work that is not small and more than one CPU, a :class:`ThreadGovernor`
+            is attached to it (:func:`govern_threads`), which adapts the count while it runs.
+    """
+    if threads in (None, "auto"):
+        voxels = None if work is None else (work if isinstance(work, int) else math.prod(int(v) for v in work))
+        if os.environ.get("OMP_NUM_THREADS"):
+            n, why = torch.get_num_threads(), "OMP_NUM_THREADS"
+        else:
+            n = choose_threads(voxels)
+            why = f"auto: {available_cpus()} CPUs, load {_load_average():.1f}" + (f", {voxels} voxels a pass" if voxels else "")
+            small = voxels is not None and voxels <= SMALL_WORK_VOXELS
+            on_cpu = network is not None and all(p.device.type == "cpu" for p in network.parameters())
+            if on_cpu and not small and available_cpus() > 1:
+                govern_threads(network)
+                why += ", adapted while running"
+    else:
+        n, why = int(threads), "set"
+        if n < 1:
+            raise ValueError(f"threads {threads}: expected 'auto' or a count >= 1.")
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    _log_once(("threads", n, why), f"intra-op threads: {n} ({why})")
+    return n
+
+
+def run_queue_wait() -> float | None:
+    """Seconds the threads of this process have spent runnable but waiting for a CPU (Linux schedstat),
+    or None where the kernel does not report it."""
+    total = 0
+    try:
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except FileNotFoundError:  # the thread ended meanwhile
+                continue
+    except OSError:
+        return None
+    return total / 1e9
+
+
+class ThreadGovernor:
+    """Adjusts PyTorch's intra-op threads while work runs, from the time its threads wait for a CPU.
+
+    Call :meth:`tick` often (e.g. before each forward pass: :func:`govern_threads`). Every ``interval``
+    seconds it reads how long the process's threads were runnable but waiting for a CPU. Above
+    ``high`` of the interval, other processes hold CPUs the threads need (and each parallel region waits
+    for its slowest thread): one thread less. With fewer than ``max_threads`` and a load average, less
+    this process's threads, that leaves a whole CPU free: one thread more.
+
+    Args:
+        max_threads: the most threads to use (default: the count when the governor starts).
+        interval: seconds between decisions.
+        high: run-queue wait, as a fraction of the interval, above which the count drops.
+        clock, wait, load: the wall clock, the run-queue wait (:func:`run_queue_wait`) and the load average
+            (for tests).
+    """
+
+    def __init__(
+        self,
+        max_threads: int | None = None,
+        interval: float = 10.0,
+        high: float = 0.25,
+        clock: Callable[[], float] | None = None,
+        wait: Callable[[], float | None] | None = None,
+        load: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self.max_threads = max_threads or torch.get_num_threads()
+        self.interval = interval
+        self.high = high
+        self.clock = clock or time.perf_counter
+        self.wait = wait or run_queue_wait
+        self.load = load or _load_average
+        self._mark = (self.clock(), self.wait())
+
+    def decide(self, threads: int, wall: float, wait: float, load: float) -> int:
+        """The thread count after ``wall`` seconds at ``threads`` threads in which they waited ``wait``
+        seconds for a CPU, with ``load`` the one-minute load average (this process included)."""
+        if threads > 1 and wait > self.high * wall:
+            return threads - 1
+        if threads < self.max_threads and load - threads <= self.max_threads - threads - 0.75:
+            return threads + 1
+        return threads
+
+    def tick(self, *_) -> None:
+        """Decide if ``interval`` seconds have passed since the last decision (arguments are ignored, so that
+        this can be a forward pre-hook)."""
+        now = self.clock()
+        if self._mark[1] is None or now - self._mark[0] < self.interval:
+            return
+        waited = self.wait()
+        if waited is None:
+            return
+        threads, wall = torch.get_num_threads(), now - self._mark[0]
+        n = self.decide(threads, wall, waited - self._mark[1], self.load())
+        if n != threads:
+            torch.set_num_threads(n)
+            _logger.info(f"intra-op threads: {threads} -> {n} (waited {waited - self._mark[1]:.1f} s for CPUs in {wall:.1f} s)")
+        self._mark = (self.clock(), self.wait())
+
+
+def govern_threads(network: torch.nn.Module, max_threads: int | None = None, interval: float = 10.0) -> torch.nn.Module:
+    """Attach a :class:`ThreadGovernor` to ``network`` (ticked before each forward pass; for a
+    ``ModuleList``, such as an ensemble, before each member's), unless it has one; returns ``network``."""
+    governor = ThreadGovernor(max_threads=max_threads or available_cpus(), interval=interval)
+    for module in network if isinstance(network, torch.nn.ModuleList) else [network]:
+        if not getattr(module, "_thread_governor", None):  # once per module, however often a config initialises
+            module._thread_governor = governor
+            module.register_forward_pre_hook(governor.tick)
+    return network

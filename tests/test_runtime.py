@@ -1,0 +1,175 @@
+"""dlka_monai.runtime: the precision setting (resolution, autocast around the network, float32 where it
+matters) and the thread policy's decisions."""
+
+import logging
+
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from dlka_monai.inference import window_inferer
+from dlka_monai.networks.layers import ChannelsLastInstanceNorm3d, DeformConv3d, DeformConv3dPack
+from dlka_monai.runtime import (
+    SMALL_WORK_VOXELS,
+    PrecisionInferer,
+    autocast,
+    available_cpus,
+    choose_threads,
+    cpu_has_native_bf16,
+    describe_precision,
+    resolve_precision,
+    set_threads,
+)
+
+
+def test_precision_resolves_auto_from_the_hardware_and_keeps_explicit_choices():
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
+    for p in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(p, "cpu") == p
+    assert resolve_precision("auto", "meta") == "fp32"
+    with pytest.raises(ValueError, match="expected one of auto, fp32, bf16, fp16"):
+        resolve_precision("half", "cpu")
+    assert describe_precision("fp32", "cpu") == "fp32 on cpu"
+    assert describe_precision("bf16", "cpu") == "bf16 autocast on cpu"
+    assert describe_precision("auto", "cpu").endswith("(auto: CPU with AMX-BF16 / AVX512-BF16)" if cpu_has_native_bf16() else "(auto: no native bf16)")
+
+
+def test_cpu_bf16_detection_agrees_with_pytorchs_capability_flags():
+    caps = torch.cpu.get_capabilities()
+    assert cpu_has_native_bf16() == bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+
+
+def test_precision_inferer_runs_the_network_in_bf16_and_returns_float32(caplog):
+    seen = []
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 3, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            seen.append(y.dtype)
+            return y
+
+    net = Net().eval()
+    x = torch.randn(1, 1, 12, 12, 12)
+    inner = SlidingWindowInferer(roi_size=(8, 8, 8), sw_batch_size=2, overlap=0.25)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="dlka_monai.runtime"):
+        ref = inner(x, net)
+        out = PrecisionInferer(inner, "bf16")(x, net)
+    assert seen[0] == torch.float32 and set(seen[-2:]) == {torch.bfloat16}
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert not torch.equal(out, ref) and torch.allclose(out, ref, atol=0.05, rtol=0.05)
+    assert "inference precision: bf16 autocast on cpu" in caplog.text
+    # the config's factory: fp32 is the bare inferer, anything else wraps it
+    assert isinstance(window_inferer(3, (8, 8, 8)), SlidingWindowInferer)
+    assert isinstance(window_inferer(3, (8, 8, 8), precision="auto"), PrecisionInferer)
+    with pytest.raises(ValueError):
+        window_inferer(3, (8, 8, 8), precision="int8")
+
+
+def test_channels_last_instance_norm_keeps_float32_statistics_under_bf16_autocast():
+    norm = ChannelsLastInstanceNorm3d(8, affine=True)
+    # a large common offset: bfloat16 statistics (3 significant digits) would lose the variance
+    x = (torch.randn(2, 8, 10, 12, 14) + 100.0).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        ref = torch.nn.functional.instance_norm(x, weight=norm.weight, bias=norm.bias)
+        with autocast("bf16", "cpu"):
+            out = norm(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last_3d)
+    # against the norm of the bf16-rounded input, only the output's rounding remains (<= 2^-7 below 4);
+    # statistics from bfloat16 GEMMs were off by up to 0.025
+    x16 = x.to(torch.bfloat16).float()
+    ref16 = torch.nn.functional.instance_norm(x16, weight=norm.weight, bias=norm.bias)
+    assert (out.float() - ref16).abs().max() < 0.015
+    assert out.float().std() > 0.5 and (out.float() - ref).abs().mean() < 0.5
+
+
+def test_deformable_conv_computes_in_float32_under_bf16_autocast():
+    conv = DeformConv3dPack(4, 4, 3, padding=1)
+    torch.nn.init.normal_(conv.conv_offset.weight, std=0.1)
+    x = torch.randn(1, 4, 6, 6, 6)
+    offset = conv.conv_offset(x).detach()
+    x16, offset16 = x.to(torch.bfloat16), offset.to(torch.bfloat16)
+    with torch.no_grad():
+        ref = DeformConv3d.forward(conv, x, offset)
+        with autocast("bf16", "cpu"):
+            out = DeformConv3d.forward(conv, x16, offset16)
+        exact = DeformConv3d.forward(conv, x16.float(), offset16.float())
+    assert out.dtype == torch.bfloat16
+    # float32 arithmetic on the bf16 inputs: only the output's rounding differs
+    assert torch.allclose(out.float(), exact, rtol=1e-2, atol=1e-2)
+    assert torch.allclose(out.float(), ref, rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize(
+    "work, cpus, load, expected",
+    [
+        (SMALL_WORK_VOXELS, 8, 0.0, 1),  # small work: one thread even on an idle machine
+        (None, 2, 0.0, 2),  # idle: every CPU
+        (4 * 64 * 128 * 128, 2, 0.1, 2),
+        (4 * 64 * 128 * 128, 2, 1.0, 1),  # one busy competitor on two CPUs: one thread
+        (4 * 64 * 128 * 128, 16, 3.4, 13),
+        (4 * 64 * 128 * 128, 4, 9.0, 1),  # overloaded: never below one
+        (4 * 64 * 128 * 128, 2, 0.6, 1),  # rounding: 1.4 free CPUs -> 1
+    ],
+)
+def test_thread_policy_decisions(work, cpus, load, expected):
+    assert choose_threads(work, cpus=cpus, load=load) == expected
+
+
+def test_set_threads_applies_counts_and_keeps_an_explicit_omp_num_threads(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_threads("auto", work=[4, 64, 128, 128]) == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert set_threads("auto", work=[16, 16, 16]) == 1  # small work
+        assert 1 <= set_threads("auto") <= available_cpus()
+        with pytest.raises(ValueError):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "threads, wall, wait, load, expected",
+    [
+        (2, 10.0, 0.1, 2.1, 2),  # alone on two CPUs: keep both
+        (2, 10.0, 6.0, 3.0, 1),  # a busy competitor: the threads waited 60 % of the time -> one less
+        (1, 10.0, 0.2, 2.0, 1),  # still competing (load 2 = us + it): stay at one
+        (1, 10.0, 0.0, 1.1, 2),  # the competitor left: a CPU is free again
+        (4, 10.0, 3.0, 5.0, 3),
+    ],
+)
+def test_thread_governor_decisions(threads, wall, wait, load, expected):
+    from dlka_monai.runtime import ThreadGovernor
+
+    assert ThreadGovernor(max_threads=2 if threads <= 2 else 4).decide(threads, wall, wait, load) == expected
+
+
+def test_thread_governor_ticks_before_forward_passes_and_sets_the_count():
+    from dlka_monai.runtime import govern_threads, run_queue_wait, ThreadGovernor
+
+    waited = run_queue_wait()
+    assert waited is None or waited >= 0.0
+    clock, wait = [0.0], [0.0]
+    governor = ThreadGovernor(max_threads=2, interval=10.0, clock=lambda: clock[0], wait=lambda: wait[0], load=lambda: 3.0)
+    net = torch.nn.Linear(2, 2)
+    net.register_forward_pre_hook(governor.tick)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        clock[0], wait[0] = 5.0, 4.0
+        net(torch.zeros(1, 2))  # before the interval: nothing decided
+        assert torch.get_num_threads() == 2
+        clock[0], wait[0] = 11.0, 6.0
+        net(torch.zeros(1, 2))
+        assert torch.get_num_threads() == 1
+        ensemble = govern_threads(torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]))
+        govern_threads(ensemble)  # a second initialisation of the same network adds nothing
+        assert all(len(m._forward_pre_hooks) == 1 for m in ensemble)
+    finally:
+        torch.set_num_threads(before)
