@@ -157,10 +157,13 @@ def test_our_recipes_differ_from_the_authors_only_where_they_say_why():
 
 
 def test_docs_table_is_the_generated_one():
+    from dlka_monai.training.recipe_table import END, START
+
     docs = (ROOT / "docs" / "README.md").read_text(encoding="utf-8")
-    start, end = "<!-- recipe-table:start (python -m dlka_monai.training.recipe_table --markdown) -->", "<!-- recipe-table:end -->"
-    assert start in docs and end in docs
-    assert docs.split(start)[1].split(end)[0].strip() == recipe_table().strip()
+    assert START in docs and END in docs
+    assert docs.split(START)[1].split(END)[0].strip() == recipe_table().strip(), (
+        "docs/README.md's recipe table is stale: python -m dlka_monai.training.recipe_table --update docs/README.md"
+    )
 
 
 # --- the shipped configs, resolved on a Synapse-layout dataset --------------------------------------------
@@ -183,10 +186,8 @@ def _parser(tmp_path, *overlays, **overrides) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), *(str(CONFIGS / o) for o in overlays)])
     parser.update({"bundle_root": str(tmp_path), **overrides})
-    # a small net of the same preset: the recipe, not the network size, is under test
-    for key, value in {"feature_size": 4, "depths": [1, 1, 1, 1]}.items():
-        if overlays == () or overlays == ("pancreas.json",):
-            parser[f"network_def#{key}"] = value
+    if not {"train_2d.json", "skin.json"} & set(overlays):  # a small 3D net: the recipe is under test, not the net
+        parser.update({"network_def#feature_size": 4, "network_def#depths": [1, 1, 1, 1]})
     return parser
 
 
@@ -374,7 +375,7 @@ def test_moreda_transforms_run_on_a_patch():
 
 def test_converted_synapse_model_feeds_the_net_nnunet_ct_intensities(tmp_path):
     from conftest import reference_manifest, save_tiny_model
-    from dlka_monai.convert import convert_checkpoint
+    from dlka_monai.convert import convert_checkpoint, converted_plan
     from dlka_monai.networks.nets.dlka_net_3d import DLKANet3D
     from dlka_monai.segment import main as segment
     from dlka_monai.weights import safe_load
@@ -387,6 +388,9 @@ def test_converted_synapse_model_feeds_the_net_nnunet_ct_intensities(tmp_path):
     assert plan["normalization"] == {"scheme": "ct", "clip": [-958.0, 326.0], "mean": 82.95, "std": 136.95}
     assert plan["pixdim"] == [3.0, 0.758, 0.758]
     assert plan["recipe"]["name"] == "dlka3d_synapse_authors" and plan["recipe"]["grad_clip"] == 12.0
+    plan_2d = converted_plan("dlka2d_synapse")
+    assert plan_2d["normalization"] == {"scheme": "window", "a_min": -125.0, "a_max": 275.0, "b_min": -1.0, "b_max": 1.0}
+    assert plan_2d["recipe"]["optimizer"]["lr"] == 0.05
 
     # a tiny net with the converted model's preprocessing, through dlka-segment: what reaches the net
     from dlka_monai.plan import network_plan

@@ -76,7 +76,7 @@ class Recipe:
             ``"final"`` checkpoint).
         inference: ``overlap``, ``mode`` (``"gaussian"`` / ``"constant"``), ``sigma_scale``, ``mirror_axes``,
             ``largest_component`` (post-processing), ``threshold`` (skin).
-        metrics: ``{"convention": ...}``: ``"monai"`` (our metrics), ``"synapse_tables"`` (the authors' 8 organs,
+        metrics: ``{"convention": ...}``: ``"default"`` (our metrics, :mod:`dlka_monai.evaluation.metrics`), ``"synapse_tables"`` (the authors' 8 organs,
             Dice 1 for two empty masks, HD95 in voxels), ``"pancreas"`` or ``"skin"``.
         num_workers: data-loader workers; None: chosen from the machine (:func:`default_num_workers`).
         differences: item -> why this recipe differs from its authors' recipe there.
@@ -127,9 +127,6 @@ class Recipe:
     def plan_overlay(self) -> dict[str, Any]:
         """The plan entries the recipe sets: its ``plan`` and its ``normalization``."""
         return {**self.plan, "normalization": dict(self.normalization)}
-
-    def get(self, item: str) -> Any:
-        return getattr(self, item)
 
 
 _RECIPES: dict[str, Recipe] = {}

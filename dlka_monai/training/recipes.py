@@ -64,13 +64,14 @@ register_recipe(
         description="the authors' 3D Synapse recipe, selecting on a validation split of the training cases",
         validation=_OUR_VALIDATION,
         inference={"overlap": 0.5, "mode": "gaussian", "sigma_scale": 0.125, "mirror_axes": [], "largest_component": []},
-        metrics={"convention": "monai"},
+        metrics={"convention": "default"},
         authors="dlka3d_synapse_authors",
         differences={
             "validation": _WHY_VALIDATION,
             "inference": "mirroring (8 passes) is an inference option (`--tta`), and post-processing is chosen on "
             "validation data by the planner, not on the test cases",
-            "metrics": "MONAI's Dice and HD95 in mm on all classes; `synapse_tables` is the authors' convention",
+            "metrics": "Dice and HD95 in mm on all classes (convention `default` of `dlka_monai.evaluation.metrics`); "
+            "`synapse_tables` is the authors'",
         },
     )
 )
@@ -105,7 +106,7 @@ register_recipe(
         name="dlka3d_pancreas",
         description="the authors' NIH Pancreas recipe, selecting on a validation split of the training cases",
         validation=_OUR_VALIDATION,
-        metrics={"convention": "monai"},
+        metrics={"convention": "default"},
         authors="dlka3d_pancreas_authors",
         differences={
             "validation": _WHY_VALIDATION,
@@ -162,7 +163,7 @@ register_recipe(
         description="the authors' 2D Synapse recipe, selecting on a validation split of the training cases",
         validation=_OUR_VALIDATION,
         augmentation=_IMGAUG_2D_OURS,
-        metrics={"convention": "monai"},
+        metrics={"convention": "default"},
         authors="dlka2d_synapse_authors",
         differences={
             "validation": _WHY_VALIDATION,
@@ -240,7 +241,7 @@ demo = register_recipe(
         plan={"network": {"img_size": [16, 32, 32], "feature_size": 8, "depths": [1, 1, 1, 1]}, "pixdim": [6.0, 4.0, 4.0]},
         validation={"split": "val_fraction", "val_fraction": 0.25, "interval": 10, "monitor": "val_mean_dice", "select": "best"},
         inference={"overlap": 0.25, "mode": "gaussian", "sigma_scale": 0.125, "mirror_axes": [], "largest_component": []},
-        metrics={"convention": "monai"},
+        metrics={"convention": "default"},
         num_workers=0,
     ),
     demo_for=("dlka3d_synapse",),
@@ -279,7 +280,7 @@ register_recipe(
         plan={"pixdim": [-1.0, 2.5, 2.5]},
         validation={"split": "val_fraction", "val_fraction": 0.25, "interval": 2, "monitor": "val_mean_dice", "select": "best"},
         inference={"overlap": 0.0, "mode": "constant", "mirror_axes": [], "largest_component": []},
-        metrics={"convention": "monai"},
+        metrics={"convention": "default"},
         num_workers=0,
     ),
     demo_for=("dlka2d_synapse",),
