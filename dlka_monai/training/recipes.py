@@ -253,21 +253,14 @@ register_recipe(
     demo_for=("dlka3d_pancreas",),
 )
 
+# the 2D demo: the 3D demo's training on axial slices (the 2D net has no deep supervision)
 register_recipe(
-    Recipe(
+    replace(
+        demo,
         name="demo_2d",
         preset="dlka2d_synapse",
         description="the 2D demo: axial slices of the demo volumes at 2.5 mm, a few epochs",
         epochs=8,
-        iterations_per_epoch=None,
-        batch_size=1,
-        samples_per_case=4,
-        sampling={"scheme": "pos_neg", "pos": 2, "neg": 1},
-        optimizer={"name": "adamw", "lr": 0.003, "weight_decay": 1e-5},
-        schedule={"name": "poly", "power": 0.9, "step": "epoch"},
-        grad_clip=None,
-        precision="amp",
-        loss={"dice": 1.0, "ce": 1.0, "include_background": True, "batch": True, "squared": False},
         deep_supervision=None,
         augmentation=(
             {"family": "mirror", "axes": [0, 1], "prob": 0.25},
@@ -276,12 +269,9 @@ register_recipe(
             {"family": "brightness", "range": [0.9, 1.1], "prob": 0.5},
             {"family": "shift_intensity", "offset": 0.1, "prob": 0.5},
         ),
-        normalization=_DEMO_WINDOW,
         plan={"pixdim": [-1.0, 2.5, 2.5]},
-        validation={"split": "val_fraction", "val_fraction": 0.25, "interval": 2, "monitor": "val_mean_dice", "select": "best"},
+        validation={**demo.validation, "interval": 2},
         inference={"overlap": 0.0, "mode": "constant", "mirror_axes": [], "largest_component": []},
-        metrics={"convention": "default"},
-        num_workers=0,
     ),
     demo_for=("dlka2d_synapse",),
 )
