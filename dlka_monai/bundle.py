@@ -154,7 +154,15 @@ def _metadata(plan: Mapping[str, Any], source: PathLike | None) -> dict:
     classes = "; ".join(f"{k}: {v}" for k, v in channel_def.items())
     norm = plan["normalization"]
     if norm["scheme"] == "window":
-        intensity = f"intensity in HU, windowed to [{norm['a_min']:g}, {norm['a_max']:g}] and scaled to [0, 1]"
+        intensity = (
+            f"intensity in HU, windowed to [{norm['a_min']:g}, {norm['a_max']:g}] and scaled to "
+            f"[{norm.get('b_min', 0.0):g}, {norm.get('b_max', 1.0):g}]"
+        )
+    elif norm["scheme"] == "ct":
+        intensity = (
+            f"intensity in HU, clipped to [{norm['clip'][0]:g}, {norm['clip'][1]:g}] and z-scored with mean "
+            f"{norm['mean']:g} and std {norm['std']:g}"
+        )
     else:
         intensity = f"intensity normalised with the '{norm['scheme']}' scheme of its plan (configs/plan.json)"
     meta.update(

@@ -6,7 +6,9 @@ Usage::
     python -m dlka_monai.convert --variant dlka3d_synapse model_final_checkpoint.model dlka3d_synapse.pt
 
 The output is a model file, ``{"model": state_dict, "plan": plan}`` with the plan of the variant's preset
-(:mod:`dlka_monai.plan`), as every model the project writes: ``dlka_monai.weights.load_model(dst)`` rebuilds
+(:mod:`dlka_monai.plan`): the authors' preprocessing (for 3D Synapse nnU-Net's CT normalisation with the
+Task002 values at 3.0 × 0.758 × 0.758 mm; for 2D Synapse HU [-125, 275] -> [-1, 1]) and, under ``recipe``,
+the authors' recipe the weights were trained with; as every model the project writes: ``dlka_monai.weights.load_model(dst)`` rebuilds
 the network with its weights, and ``dlka-segment --model dst`` segments with it.
 """
 
@@ -24,7 +26,7 @@ from dlka_monai.cli import ArgumentParser, one_line_errors
 from dlka_monai.plan import preset_plan
 from dlka_monai.weights import safe_load
 
-__all__ = ["convert_state_dict", "convert_checkpoint", "main"]
+__all__ = ["convert_state_dict", "convert_checkpoint", "converted_plan", "main"]
 
 # Rename rules, (regex, replacement) applied in order with ``re.sub`` to every source key; a key no rule
 # touches keeps its name (``encoder1.*``, ``decoderN.transp_conv.*``, ``out1/2/3.*``, the encoder's
@@ -188,6 +190,14 @@ def _unwrap(ckpt: object, src: str | Path) -> Mapping[str, torch.Tensor]:
     )
 
 
+def converted_plan(variant: str) -> dict:
+    """The plan of the authors' ``variant`` weights: the preset's (which holds the authors' preprocessing),
+    recording the authors' recipe they were trained with."""
+    from dlka_monai.training.recipe import get_recipe
+
+    return {**preset_plan(variant), "recipe": get_recipe(f"{variant}_authors").to_dict()}
+
+
 def convert_checkpoint(src: str | Path, dst: str | Path, variant: str) -> dict[str, torch.Tensor]:
     """Convert the authors' checkpoint file ``src`` for ``variant`` and save our state dict to ``dst``.
 
@@ -209,7 +219,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, variant: str) -> dict[s
     _rules(variant)  # an unknown variant fails before reading a large file
     state_dict = convert_state_dict(_unwrap(safe_load(src, allow_numpy_scalars=True), src), variant)
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": state_dict, "plan": preset_plan(variant)}, dst)
+    torch.save({"model": state_dict, "plan": converted_plan(variant)}, dst)
     return state_dict
 
 

@@ -250,7 +250,7 @@ def test_small_volume_and_empty_label_map_train_and_segment(demo_dataset, tiny_b
     entries.append({"image": "imagesTr/small.nii.gz", "label": "labelsTr/small.nii.gz"})
     (ds / "dataset.json").write_text(json.dumps({"training": entries[1:], "validation": [entries[3], entries[0]]}))
 
-    proc = _train(["--bundle_root", str(tmp_path), "--dataset_dir", str(ds), "--max_epochs", "1", "--val_interval", "1", *TINY], tmp_path)
+    proc = _train(["--bundle_root", str(tmp_path), "--dataset_dir", str(ds), "--max_epochs", "1", "--epoch_length", "2", "--val_interval", "1", *TINY], tmp_path)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     ckpt = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())

@@ -160,7 +160,7 @@ def test_pancreas_overlay_reads_the_authors_h5_folds(tmp_path):
     (data / "Flods" / "test0.list").write_text("PANCREAS_0004\n")
     config = f"['{TRAIN}','{PANCREAS}']"
     args = ["--config_file", config, "--bundle_root", str(tmp_path), "--dataset_dir", str(data), "--h5_fold", "0"]
-    args += [*TINY, "--img_size", "[32,32,32]", "--max_epochs", "1", "--val_interval", "1", "--val_fraction", "0.34"]
+    args += [*TINY, "--img_size", "[32,32,32]", "--max_epochs", "1", "--epoch_length", "2", "--val_interval", "1", "--val_fraction", "0.34"]
     out = _run_bundle(args, cwd=tmp_path)
     assert "epoch 1/1" in out and " dice " in out
     assert (tmp_path / "models" / "pancreas" / "model.pt").exists()

@@ -34,8 +34,8 @@ def _app_and_studies(root, demo_dataset):
     """The monaibundle sample app serving a packed tiny bundle from ``<app>/model/<name>``, and a studies
     folder of 3 images, 2 of them labelled."""
     _tiny_training_checkpoint(root / "tiny.pt")
-    # validation every epoch, so that a 1-epoch run updates models/model.pt
-    bundle, _ = pack_bundle(NAME, root / "dist" / NAME, root / "tiny.pt", overrides={"val_interval": 1})
+    # validation every epoch and 2 iterations an epoch, so that a 1-epoch run is quick and updates models/model.pt
+    bundle, _ = pack_bundle(NAME, root / "dist" / NAME, root / "tiny.pt", overrides={"val_interval": 1, "epoch_length": 2})
     # the sample app ships with the monailabel package: this copies it, offline
     cmd = [sys.executable, "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle", "--output", str(root / "apps")]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)

@@ -25,7 +25,8 @@ from dlka_monai.inference.transforms import SafeSpacingd
 __all__ = ["NORMALIZATION_SCHEMES", "RAS_LABELS", "intensity_transform", "foreground_select", "load_transforms"]
 
 NORMALIZATION_SCHEMES = ("window", "ct", "zscore", "minmax")
-"""``window``: ``a_min .. a_max`` mapped to ``[0, 1]`` and clipped (the authors' CT preprocessing);
+"""``window``: ``a_min .. a_max`` mapped to ``b_min .. b_max`` (default ``[0, 1]``) and clipped (the authors' CT
+preprocessing: ``[-125, 275] -> [-1, 1]`` for their 2D net);
 ``ct``: clipped to ``clip`` then z-scored with the dataset's ``mean`` and ``std`` (nnU-Net's CT scheme);
 ``zscore``: z-scored per image (nnU-Net's scheme for MR and other non-CT images);
 ``minmax``: each image's own minimum .. maximum, over all channels, mapped to ``b_min .. b_max`` (the
@@ -41,7 +42,8 @@ def intensity_transform(keys: KeysCollection, normalization: Mapping[str, Any]) 
     scheme = normalization.get("scheme")
     if scheme == "window":
         lo, hi = float(normalization["a_min"]), float(normalization["a_max"])
-        return ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
+        b_min, b_max = float(normalization.get("b_min", 0.0)), float(normalization.get("b_max", 1.0))
+        return ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=b_min, b_max=b_max, clip=True)
     if scheme == "ct":
         # clipping to [lo, hi] then (x - mean) / std is the linear map of [lo, hi] onto these bounds, clipped
         (lo, hi), mean, std = (float(v) for v in normalization["clip"]), float(normalization["mean"]), float(normalization["std"])

@@ -11,6 +11,8 @@ from dlka_monai.networks.registry import Preset, register_preset
 __all__ = [
     "BTCV_CLASS_NAMES",
     "SYNAPSE_8_CLASS_NAMES",
+    "SYNAPSE_CT_NORMALIZATION",
+    "SYNAPSE_2D_NORMALIZATION",
     "dlka3d_synapse",
     "dlka3d_pancreas",
     "dlka2d_synapse",
@@ -40,8 +42,13 @@ SYNAPSE_8_CLASS_NAMES: dict[int, str] = dict(
 )
 """The 8 organs of the standard Synapse benchmark plus background, numbered 0-8 (the 2D model's classes)."""
 
-# CT in HU: the window is mapped to [0, 1] and clipped
-_SYNAPSE_WINDOW = {"scheme": "window", "a_min": -175.0, "a_max": 250.0}
+SYNAPSE_CT_NORMALIZATION = {"scheme": "ct", "clip": [-958.0, 326.0], "mean": 82.95, "std": 136.95}
+"""nnU-Net's CT normalisation of the authors' 3D Synapse model: clipped to the 0.5 / 99.5 percentiles of the
+training foreground, z-scored with its mean and std (the values of nnFormer's Task002_Synapse plans)."""
+
+SYNAPSE_2D_NORMALIZATION = {"scheme": "window", "a_min": -125.0, "a_max": 275.0, "b_min": -1.0, "b_max": 1.0}
+"""The authors' 2D Synapse input: TransUNet's slices (HU clipped to [-125, 275], scaled to [0, 1]), then
+(x - 0.5) / 0.5, i.e. [-125, 275] mapped to [-1, 1]."""
 
 dlka3d_synapse = register_preset(
     Preset(
@@ -51,8 +58,8 @@ dlka3d_synapse = register_preset(
         spatial_dims=3,
         modality="CT",
         axcodes="SAR",
-        pixdim=(3.0, 0.76, 0.76),
-        normalization=_SYNAPSE_WINDOW,
+        pixdim=(3.0, 0.758, 0.758),
+        normalization=SYNAPSE_CT_NORMALIZATION,
         class_names=BTCV_CLASS_NAMES,
         description="Synapse multi-organ CT: 13 organs plus background, (z, y, x) patches of 64×128×128, "
         "deep supervision (42,353,327 parameters)",
@@ -84,7 +91,7 @@ dlka2d_synapse = register_preset(
         axcodes="SAR",
         # axial slices: the slice spacing is kept, the plane resampled
         pixdim=(-1.0, 0.76, 0.76),
-        normalization=_SYNAPSE_WINDOW,
+        normalization=SYNAPSE_2D_NORMALIZATION,
         class_names=SYNAPSE_8_CLASS_NAMES,
         description="Synapse multi-organ CT, 2D slices: 8 organs plus background, 224×224 inputs, MaxViT-S "
         "encoder (78,583,005 parameters); pass pretrained_encoder=PATH to start from local ImageNet weights",

@@ -9,13 +9,14 @@ from typing import Any
 from monai.handlers import LrScheduleHandler, ValidationHandler
 
 from dlka_monai.training.checkpoints import TrainingCheckpointer
-from dlka_monai.training.handlers import NonFiniteLossGuard
+from dlka_monai.training.handlers import GradientClipping, NonFiniteLossGuard
 
 __all__ = ["EVERY_RANK_HANDLERS", "rank_zero_handlers"]
 
-EVERY_RANK_HANDLERS = (LrScheduleHandler, ValidationHandler, TrainingCheckpointer, NonFiniteLossGuard)
+EVERY_RANK_HANDLERS = (LrScheduleHandler, ValidationHandler, TrainingCheckpointer, NonFiniteLossGuard, GradientClipping)
 """Handlers every rank needs: the learning rate and the validation must advance in step, every rank loads
-a resumed checkpoint (rank 0 alone writes), and all must stop on the same non-finite step."""
+a resumed checkpoint (rank 0 alone writes), all must stop on the same non-finite step, and every rank clips
+its gradients."""
 
 
 def rank_zero_handlers(handlers: Sequence[Any], rank: int) -> list[Any]:

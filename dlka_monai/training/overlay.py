@@ -25,8 +25,8 @@ class ValidationOverlay:
     write it as ``<log_dir>/<filename>``: axial slices, image | ground truth | prediction, anterior up
     and the patient's right on the viewer's left (``dlka_monai.evaluation.writer.radiological_slices``).
 
-    The case is taken from the evaluator's output: ``image`` (intensities scaled to [0, 1], with its
-    affine), ``pred`` and ``label`` (one-hot or label maps, channel first) in the validation space;
+    The case is taken from the evaluator's output: ``image`` (intensities in [0, 1] shown as they are,
+    others stretched from their minimum to their maximum; with its affine), ``pred`` and ``label`` (one-hot or label maps, channel first) in the validation space;
     3D cases only (validation on 2D slices writes no picture).
 
     Args:
@@ -74,7 +74,10 @@ class ValidationOverlay:
         if self.case is None:
             return
         image, label, pred = self.case
-        gray = (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+        lo, hi = float(image.min()), float(image.max())
+        if lo >= 0.0 and hi <= 1.0:  # a window onto [0, 1] is shown as it is; other normalisations stretched
+            lo, hi = 0.0, 1.0
+        gray = (np.clip((image - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * 255).astype(np.uint8)
         panel = radiological_slices(gray, label.astype(np.int64), pred.astype(np.int64), self.num_slices)
         factor = max(1, -(-self.min_width // panel.shape[1]))
         self.path.parent.mkdir(parents=True, exist_ok=True)
