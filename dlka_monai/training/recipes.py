@@ -259,8 +259,10 @@ register_recipe(
         demo,
         name="demo_2d",
         preset="dlka2d_synapse",
-        description="the 2D demo: axial slices of the demo volumes at 2.5 mm, a few epochs",
-        epochs=8,
+        description="the 2D demo: axial slices of the demo volumes at 2.5 mm resized to 96², a MaxViT-pico "
+        "encoder, 8 slices a case; trains on a CPU in minutes",
+        epochs=60,
+        samples_per_case=8,
         deep_supervision=None,
         augmentation=(
             {"family": "mirror", "axes": [0, 1], "prob": 0.25},
@@ -269,8 +271,8 @@ register_recipe(
             {"family": "brightness", "range": [0.9, 1.1], "prob": 0.5},
             {"family": "shift_intensity", "offset": 0.1, "prob": 0.5},
         ),
-        plan={"pixdim": [-1.0, 2.5, 2.5]},
-        validation={**demo.validation, "interval": 2},
+        plan={"pixdim": [-1.0, 2.5, 2.5], "network": {"encoder": "maxvit_rmlp_pico_rw_256", "img_size": 96}},
+        validation={**demo.validation, "interval": 10},
         inference={"overlap": 0.0, "mode": "constant", "mirror_axes": [], "largest_component": []},
     ),
     demo_for=("dlka2d_synapse",),
