@@ -276,6 +276,8 @@ def _check_normalization(read: _PlanReader, normalization: Any) -> None:
 
     if scheme == "window":
         ordered("a_min", "a_max")
+        if "b_min" in norm or "b_max" in norm:  # a window mapped to [b_min, b_max] instead of [0, 1]
+            ordered("b_min", "b_max")
     elif scheme == "minmax":
         ordered("b_min", "b_max")
     elif scheme == "ct":
