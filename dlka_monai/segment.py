@@ -29,7 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
-from argparse import ArgumentTypeError, RawDescriptionHelpFormatter
+from argparse import ArgumentTypeError, BooleanOptionalAction, RawDescriptionHelpFormatter
 from pathlib import Path
 
 import numpy as np
@@ -172,7 +172,7 @@ def segment(
     output: str,
     model: str = "synapse",
     device: str = "auto",
-    tta: bool = False,
+    tta: bool | None = None,
     series: str | None = None,
     overwrite: bool = False,
     output_type: str = "nifti",
@@ -241,7 +241,7 @@ def segment(
             data=literal(cases),  # checked above: not again by the config
             output_dir=literal(staging),
             device=torch.device(device),
-            tta=tta,
+            **({} if tta is None else {"tta": tta}),  # None: the model's recipe decides
             image_reader=[SITKReader(series_uid=series), "NibabelReader"],
             precision=precision,
             threads=threads,
@@ -345,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
         "--overwrite", action="store_true", help="replace existing outputs (e.g. of an earlier run); inputs are never replaced"
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations (8x slower)")
+    parser.add_argument(
+        "--tta", action=BooleanOptionalAction, default=None,
+        help="average over the axis flips (8 passes for 3 axes, 8x slower); default: as the model's recipe "
+        "(the authors' recipes mirror, ours do not)",
+    )
     parser.add_argument("--series", help="SeriesInstanceUID to read from a DICOM folder holding several series")
     parser.add_argument(
         "--output-type", default="nifti", choices=list(OUTPUT_TYPES),

@@ -14,6 +14,7 @@ from .format import (
     overlay_plan,
     preset_plan,
     read_plan_file,
+    recipe_inference,
     write_plan_file,
 )
 from .planner import MIN_COVERAGE, feed_axcodes, plan_from_fingerprint, target_spacing
@@ -36,5 +37,6 @@ __all__ = [
     "overlay_plan",
     "preset_plan",
     "read_plan_file",
+    "recipe_inference",
     "write_plan_file",
 ]

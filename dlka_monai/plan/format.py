@@ -354,6 +354,26 @@ def class_names(plan: Mapping[str, Any]) -> dict[int, str]:
     return {int(k): v for k, v in plan["class_names"].items()}
 
 
+_INFERENCE_DEFAULTS = {"overlap": 0.5, "mode": "gaussian", "mirror_axes": [], "metric_convention": "default"}
+
+
+def recipe_inference(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """How the recipe a model was trained with (the plan's ``recipe``) infers and scores: ``overlap`` and
+    ``mode`` of the sliding windows, ``mirror_axes`` (test-time mirroring; empty: none) and
+    ``metric_convention`` (one of :data:`dlka_monai.evaluation.CONVENTIONS`). Items the recipe does not
+    give, or a plan without a recipe (a model trained before recipes were recorded), get the defaults:
+    overlap 0.5, Gaussian weighting, no mirroring, the ``default`` metrics."""
+    from dlka_monai.evaluation.metrics import CONVENTIONS
+
+    recipe = plan.get("recipe") or {}
+    items = recipe.get("inference") or {}
+    settings = {key: items.get(key, value) for key, value in _INFERENCE_DEFAULTS.items() if key != "metric_convention"}
+    convention = (recipe.get("metrics") or {}).get("convention")
+    # the pancreas and skin conventions are the authors' own scripts, not a convention of our evaluation
+    settings["metric_convention"] = convention if convention in CONVENTIONS else _INFERENCE_DEFAULTS["metric_convention"]
+    return settings
+
+
 def build_network(plan: Mapping[str, Any], **overrides: Any) -> nn.Module:
     """The network of ``plan``, untrained; keyword ``overrides`` replace network arguments (and win over
     the plan's, as config overrides do).
