@@ -10,7 +10,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY_TRAIN_ARGS as TINY
+from utils import TINY_TRAIN_ARGS as TINY
 from dlka_monai.networks import get_preset
 from dlka_monai.training import latest_checkpoint, load_history
 

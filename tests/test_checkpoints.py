@@ -17,7 +17,7 @@ from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.transforms import Compose, RandFlipd, RandGaussianNoised
 
-from conftest import TINY_TRAIN_ARGS as TINY
+from utils import TINY_TRAIN_ARGS as TINY
 from dlka_monai.data import InvalidInputError
 from dlka_monai.training import NonFiniteLossGuard, TrainingCheckpointer, latest_checkpoint
 from dlka_monai.weights import atomic_save

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import reference_manifest
+from utils import reference_manifest
 
 from dlka_monai.convert import convert_checkpoint, convert_state_dict, main
 from dlka_monai.networks import create_network

@@ -10,9 +10,9 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImage, LoadImaged, Orientationd, Spacingd
 
 from dlka_monai.data import LoadPancreasH5d, SITKReader
+from utils import STUDY_UID, write_series
 
 SHAPE = (16, 12, 5)  # (x, y, z)
-STUDY_UID = "1.2.826.0.1.3680043.2.1125.1"
 
 
 def _volume(offset: int = 0) -> tuple[np.ndarray, sitk.Image]:
@@ -26,37 +26,11 @@ def _volume(offset: int = 0) -> tuple[np.ndarray, sitk.Image]:
     return array, image
 
 
-def _write_series(image: sitk.Image, folder: Path, series_uid: str) -> None:
-    """Write ``image`` as a DICOM series, one file per slice, with the tags ImageSeriesReader needs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    d = image.GetDirection()
-    tags = {
-        "0008|0021": "20240101",  # series date
-        "0008|0031": "120000",  # series time
-        "0008|0060": "CT",
-        "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
-        "0020|000d": STUDY_UID,
-        "0020|000e": series_uid,
-        "0020|0037": "\\".join(f"{v}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),  # row, column directions
-    }
-    for k in range(image.GetDepth()):
-        slice_k = image[:, :, k]
-        for tag, value in tags.items():
-            slice_k.SetMetaData(tag, value)
-        slice_k.SetMetaData("0020|0032", "\\".join(f"{v}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
-        slice_k.SetMetaData("0020|0013", f"{k + 1}")  # instance number
-        slice_k.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")  # SOP instance UID
-        writer.SetFileName(str(folder / f"{series_uid[-3:]}_{k:03d}.dcm"))
-        writer.Execute(slice_k)
-
-
 @pytest.fixture
 def series(tmp_path) -> tuple[np.ndarray, Path, Path]:
     """The same volume as a DICOM series folder and as NIfTI written by SimpleITK."""
     array, image = _volume()
-    _write_series(image, tmp_path / "dicom", f"{STUDY_UID}.100")
+    write_series(image, tmp_path / "dicom", f"{STUDY_UID}.100")
     sitk.WriteImage(image, str(tmp_path / "volume.nii.gz"))
     return array, tmp_path / "dicom", tmp_path / "volume.nii.gz"
 
@@ -130,7 +104,7 @@ def test_single_files_and_channels(tmp_path):
 def test_several_series(tmp_path, series):
     array, dicom, _ = series
     second, image = _volume(offset=1)
-    _write_series(image, dicom, f"{STUDY_UID}.200")
+    write_series(image, dicom, f"{STUDY_UID}.200")
     with pytest.raises(ValueError) as err:
         SITKReader().read(dicom)
     message = str(err.value)

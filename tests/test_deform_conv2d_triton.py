@@ -16,10 +16,11 @@ from torchvision.ops import deform_conv2d
 
 from dlka_monai.networks.layers import deform_conv2d as dc2d
 from dlka_monai.networks.layers import kernels
-from test_deform_conv2d_depthwise import _case, _close
+from utils import compile_for_sm90, run_interpreted
+from utils import deform2d_case as _case
+from utils import deform2d_close as _close
 
 pytest.importorskip("triton", exc_type=ImportError)
-from test_deform_conv_triton import compile_for_sm90, run_interpreted  # noqa: E402 (needs triton)
 
 # (batch, C, (H, W), k, stride, padding, dilation) as in test_deform_conv2d_depthwise: offsets of up to
 # 3 pixels (6 in "far") cross the border, kept off integer positions; shapes tiny because the
@@ -31,7 +32,7 @@ _SCRIPT = textwrap.dedent(
     from torch.nn.modules.utils import _pair
     from torchvision.ops import deform_conv2d
     from dlka_monai.networks.layers import deform_conv2d_triton as dct
-    from test_deform_conv2d_depthwise import _case
+    from utils import deform2d_case as _case
 
     NAMES = ("input", "offset", "weight", "bias")
 

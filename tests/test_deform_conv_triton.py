@@ -19,7 +19,9 @@ import torch
 
 from dlka_monai.networks.layers import deform_conv_fast, kernels
 from dlka_monai.networks.layers.deform_conv import deform_conv3d
-from test_deform_conv_fast import _case, _close
+from utils import compile_for_sm90, run_interpreted
+from utils import deform3d_case as _case
+from utils import deform3d_close as _close
 
 triton = pytest.importorskip("triton", exc_type=ImportError)
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ _SCRIPT = textwrap.dedent(
     import torch
     from dlka_monai.networks.layers import deform_conv_fast, deform_conv_triton as dct
     from dlka_monai.networks.layers.deform_conv import deform_conv3d
-    from test_deform_conv_fast import _case
+    from utils import deform3d_case as _case
 
     NAMES = ("input", "offset", "weight", "bias")
 
@@ -90,28 +92,6 @@ _CHECKS = [
     "far_outside_alone_float32",
     "chunks_and_blocks_float64",
 ]
-
-
-def run_interpreted(script: str) -> dict:
-    """Run ``script`` under Triton's interpreter in a fresh process (the package and this folder
-    importable) and return the JSON object it prints last."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def compile_for_sm90(fn, ptr_types: dict, constants: dict):
-    """Compile the Triton kernel ``fn`` to a cubin for sm_90 (no GPU needed): the pointers typed by
-    ``ptr_types``, the arguments in ``constants`` as constants, every other one i32."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    sig = {a: "constexpr" if a in constants else ptr_types.get(a, "i32") for a in fn.arg_names}
-    compiled = triton.compile(ASTSource(fn, sig, constants), target=GPUTarget("cuda", 90, 32))
-    assert compiled.asm["cubin"]
-    return compiled
 
 
 @pytest.fixture(scope="module")

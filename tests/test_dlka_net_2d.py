@@ -3,7 +3,7 @@ import re
 import pytest
 import timm
 import torch
-from conftest import reference_manifest
+from utils import reference_manifest
 
 from dlka_monai.convert import convert_state_dict
 from dlka_monai.networks import DeformableDepthwiseConv2d, DLKANet2D, DLKAttention, create_network, list_networks

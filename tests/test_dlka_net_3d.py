@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import TINY_3D, reference_manifest
+from utils import TINY_3D, reference_manifest
 from monai.inferers import sliding_window_inference
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 

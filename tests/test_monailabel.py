@@ -8,7 +8,6 @@ MONAI Label pins numpy<2, so this runs in an environment of its own (what .ci/ru
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,9 +19,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_bundle_pack import _tiny_training_checkpoint
 
 from dlka_monai.bundle import pack_bundle
+from utils import free_port, tiny_training_checkpoint
 
 pytest.importorskip("monailabel")
 pytestmark = pytest.mark.monailabel
@@ -33,7 +32,7 @@ NAME = "dlka3d_synapse"
 def _app_and_studies(root, demo_dataset):
     """The monaibundle sample app serving a packed tiny bundle from ``<app>/model/<name>``, and a studies
     folder of 3 images, 2 of them labelled."""
-    _tiny_training_checkpoint(root / "tiny.pt")
+    tiny_training_checkpoint(root / "tiny.pt")
     # validation every epoch, so that a 1-epoch run updates models/model.pt
     bundle, _ = pack_bundle(NAME, root / "dist" / NAME, root / "tiny.pt", overrides={"val_interval": 1})
     # the sample app ships with the monailabel package: this copies it, offline
@@ -119,12 +118,6 @@ def test_bundle_train_task_trains_the_model_that_infer_then_uses(monaibundle_app
     _infer(app, demo_dataset)  # the infer task reloads the changed model.pt
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _request(url, data=None, timeout=60):
     body = None if data is None else urllib.parse.urlencode(data).encode()
     with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST" if body is not None else "GET"), timeout=timeout) as r:
@@ -135,7 +128,7 @@ def test_rest_server_infers_and_trains_the_packed_bundle(demo_dataset, tmp_path)
     """``monailabel start_server`` on 127.0.0.1 with the packed bundle, driven as a client does: inference
     over REST (label map in the image's space, with the bundle's class names), one training round, stop."""
     app_dir, studies, bundle = _app_and_studies(tmp_path, demo_dataset)
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir), "--studies", str(studies)]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     for key, value in _CONF.items():

@@ -326,7 +326,7 @@ def test_evaluate_model_on_a_test_split(tmp_path):
 
 
 def test_dlka_segment_writes_lesion_masks_of_a_skin_model(tmp_path, capsys):
-    from conftest import save_tiny_model
+    from utils import save_tiny_model
 
     from dlka_monai.segment import main
 

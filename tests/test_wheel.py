@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
-from conftest import save_tiny_model
+from utils import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
