@@ -62,8 +62,7 @@ _SCRIPT = textwrap.dedent(
                 res[name] = err(a, r)
         return res
 
-    # 64 voxels per program: the interpreter's cost is per program, and every case but the last fits one
-    dct._BLOCK_N = 64
+    # the shipped blocks (voxels per program, channels per block) as the GPU runs them: no override here
     results = {}
     for dtype in (torch.float32, torch.float64):
         tag = str(dtype).split(".")[-1]
@@ -101,6 +100,7 @@ def interpreted():
     return run_interpreted(_SCRIPT)
 
 
+@pytest.mark.slow  # minutes on CPU: the CUDA path, checked without a GPU
 @pytest.mark.parametrize("check", _CHECKS)
 def test_interpreted_kernels_match_reference(interpreted, check):
     """Forward and the four gradients, shapes sampling across the border, stride, padding, dilation,
@@ -112,10 +112,12 @@ def test_interpreted_kernels_match_reference(interpreted, check):
     assert not bad, f"{check}: {bad}"
 
 
+@pytest.mark.slow  # minutes on CPU: the CUDA path, checked without a GPU
 def test_interpreted_gradcheck_float64(interpreted):
     assert interpreted["gradcheck"] is True
 
 
+@pytest.mark.slow  # minutes on CPU: the CUDA path, checked without a GPU
 @pytest.mark.parametrize(
     "dtypes, ones", [(("fp32", "fp64"), ()), (("fp64", "fp64"), ("C", "kw", "H", "start"))], ids=["fp32_fp64", "fp64_ones"]
 )
@@ -127,7 +129,7 @@ def test_kernels_compile_for_cuda(dtypes, ones):
 
     table, pos = (f"*{d}" for d in dtypes)
     ptr_types = dict(table_ptr=table, cols_ptr=table, grad_cols_ptr=table, grad_table_ptr=table, off_ptr=pos, grad_off_ptr=pos)
-    consts = dict(BLOCK_N=16, BLOCK_C=16, **{name: 1 for name in ones})
+    consts = dict(BLOCK_N=dct._BLOCK_N, BLOCK_C=dct._MAX_BLOCK_C, **{name: 1 for name in ones})
     for fn, extra in ((dct._forward_cols_kernel, {}), (dct._offset_grad_kernel, dict(NEED_COLS=True)),
                       (dct._offset_grad_kernel, dict(NEED_COLS=False)), (dct._input_grad_kernel, {})):  # fmt: skip
         compiled = compile_for_sm90(fn, ptr_types, {**consts, **extra})
