@@ -16,8 +16,9 @@ AUTHORS_DEAD = re.compile(r"^(decoder_3\.(x1_linear|layer_lka_1|layer_lka_2)\.|b
 
 @pytest.fixture(scope="module")
 def synapse_net():
-    torch.manual_seed(0)
-    return create_network("dlka2d_synapse")
+    """The full-size net on the meta device: its structure and shapes, no weights."""
+    with torch.device("meta"):
+        return create_network("dlka2d_synapse")
 
 
 def test_preset_matches_the_papers_model(synapse_net):
@@ -38,8 +39,8 @@ def test_registry_and_config(synapse_net):
 
 
 @pytest.mark.slow
-def test_synapse_full_size_forward(synapse_net):
-    net = synapse_net.eval()
+def test_synapse_full_size_forward():
+    net = create_network("dlka2d_synapse").eval()
     with torch.no_grad():
         out = net(torch.randn(1, 1, 224, 224))
     assert isinstance(out, torch.Tensor) and out.shape == (1, 9, 224, 224)
