@@ -23,9 +23,9 @@ from utils import (  # noqa: F401 (re-exported)
     save_tiny_model,
 )
 
-# the fewest epochs of the shipped train.json after which the demo model finds the large organs of the
-# held-out demo cases (validation every 10 epochs: epochs 10 and 20 validate, the best is kept)
-DEMO_EPOCHS = 20
+# the fewest epochs of the shipped train.json (validation every 10) after which the demo model finds the
+# liver of the held-out demo cases: Dice 0.665 with 1 thread and 0.666 with 2 (0.73 after 20 epochs)
+DEMO_EPOCHS = 10
 
 
 @pytest.fixture(autouse=True)

@@ -113,6 +113,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, demo_dir):
     assert "no checkpoint to resume from" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # two training processes
 def test_multi_gpu_config_runs_with_gloo_on_cpu(tmp_path, demo_dir):
     config = f"['{TRAIN}','{MULTI_GPU}']"
     args = ["--config_file", config, "--bundle_root", str(tmp_path), "--demo_dir", demo_dir, *TINY]

@@ -161,7 +161,7 @@ def test_rest_server_infers_and_trains_the_packed_bundle(demo_model, demo_datase
         assert seg.shape == image.shape and np.allclose(seg.affine, image.affine, atol=1e-4)
         assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= set(range(14))
         truth = nib.load(demo_dataset / "labelsTr" / "demo_006.nii.gz").dataobj
-        assert dice(seg.dataobj, truth, LIVER) > 0.5  # the organ, where it is (~0.7 by the demo model)
+        assert dice(seg.dataobj, truth, LIVER) > 0.5  # the organ, where it is (~0.67 by the demo model)
         result = json.loads(_request(f"{url}/infer/{NAME}?image=demo_006&output=json", params, timeout=900))
         assert result["label_names"] == expected
 

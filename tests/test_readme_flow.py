@@ -15,10 +15,10 @@ import torch
 from utils import CONFIGS, dice, run
 
 LIVER = 6
-# after DEMO_EPOCHS the demo model segments the held-out liver at Dice ~0.7 (0.93 after the full 100
+# after DEMO_EPOCHS the demo model segments the held-out liver at Dice ~0.67 (0.93 after the full 100
 # epochs); an empty or random segmentation scores ~0
 LIVER_DICE_FLOOR = 0.5
-ORGANS_DICE_FLOOR = 0.1  # mean over the 8 Synapse organs: ~0.17 after DEMO_EPOCHS, 0.8 after 100
+ORGANS_DICE_FLOOR = 0.05  # mean over the 8 Synapse organs: ~0.10 after DEMO_EPOCHS, 0.8 after 100
 
 
 def _run(cmd, cwd):

@@ -12,6 +12,8 @@ import pytest
 from utils import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
+# builds and installs a wheel, then segments and packs in subprocesses: the packaging, not the code
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
