@@ -3,13 +3,14 @@ import re
 import pytest
 import timm
 import torch
+from utils import TINY_2D as TINY_2D_NET
 from utils import reference_manifest
 
 from dlka_monai.convert import convert_state_dict
 from dlka_monai.networks import DeformableDepthwiseConv2d, DLKANet2D, DLKAttention, create_network, list_networks
 
 # a 2D D-LKA net small enough for fast tests: MaxViT-pico at 64×64 (stages 16²/8²/4²/2², 32..256 channels)
-TINY_2D = dict(out_channels=3, img_size=64, encoder="maxvit_rmlp_pico_rw_256")
+TINY_2D = dict(out_channels=3, **TINY_2D_NET)
 
 # the authors' modules that never run: the first decoder stage's skip/LKA layers and the 1 -> 3 conv
 AUTHORS_DEAD = re.compile(r"^(decoder_3\.(x1_linear|layer_lka_1|layer_lka_2)\.|backbone\.conv\.)")
