@@ -16,11 +16,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import TINY_TRAIN_ARGS
 from dlka_monai.data import InvalidInputError, check_image, load_datalist
 from dlka_monai.networks import create_network
 from dlka_monai.segment import main
-from test_data_readers import STUDY_UID, _write_series
+from utils import STUDY_UID, TINY_TRAIN_ARGS, write_series
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "configs" / "train.json")
@@ -73,7 +72,7 @@ def _bad_image(kind: str, folder: Path) -> tuple[Path, str, list[str]]:
         image = sitk.GetImageFromArray(_ct((6, 20, 20)))
         image.SetSpacing((0.8, 0.8, 3.0))
         for series in ("101", "102"):
-            _write_series(image, folder / "dicom", f"{STUDY_UID}.{series}")
+            write_series(image, folder / "dicom", f"{STUDY_UID}.{series}")
         return folder / "dicom", f"holds 2 series; choose one with series_uid (dlka-segment --series): {STUDY_UID}.101", []
     if kind == "unknown dicom series":
         path, _, _ = _bad_image("several dicom series", folder)

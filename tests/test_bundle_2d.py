@@ -15,6 +15,7 @@ from monai.data import MetaTensor
 
 from dlka_monai.data import LoadNpzSliced, npz_slice_datalist
 from dlka_monai.inference import SliceResizeInferer
+from utils import TINY_TRAIN_2D_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -22,7 +23,7 @@ TRAIN_2D = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'train_2d.json'}']"
 INFER = str(CONFIGS / "inference.json")
 LOGGING = str(CONFIGS / "logging.conf")
 # a tiny 2D D-LKA net: MaxViT-pico at 64×64
-TINY_2D = ["--network_def#encoder", "maxvit_rmlp_pico_rw_256", "--img_size", "64"]
+TINY_2D = TINY_TRAIN_2D_ARGS
 
 
 def _run_bundle(args, cwd, timeout=600):

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_BUNDLE_IMG_SIZE, save_tiny_model
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Spacingd
-from test_segment import _assert_same_space
 
 from dlka_monai.bundle import main, pack_bundle
 from dlka_monai.inference import SafeSpacingd
+from utils import TINY_BUNDLE_IMG_SIZE, assert_same_space, tiny_training_checkpoint
 
 # what MONAI Label 0.8.5's BundleTrainTask overrides or reads in train.json
 MONAILABEL_TRAIN_IDS = (
@@ -25,16 +24,8 @@ MONAILABEL_TRAIN_IDS = (
 )
 
 
-def _tiny_training_checkpoint(path):
-    """A training checkpoint of the tiny net, with its plan: the packer keeps its ``model`` and ``plan``."""
-    save_tiny_model(path)
-    ckpt = torch.load(path, weights_only=True)
-    torch.save({**ckpt, "epoch": torch.tensor(3)}, path)
-    return ckpt
-
-
 def test_pack_writes_a_folder_and_a_zip_that_segment_outside_the_repo(demo_dataset, tmp_path):
-    ckpt = _tiny_training_checkpoint(tmp_path / "checkpoint_epoch=3.pt")
+    ckpt = tiny_training_checkpoint(tmp_path / "checkpoint_epoch=3.pt")
     weights = ckpt["model"]
     out = tmp_path / "dist" / "dlka3d_synapse"
     # the preset and the network come from the model's plan
@@ -70,7 +61,7 @@ def test_pack_writes_a_folder_and_a_zip_that_segment_outside_the_repo(demo_datas
     cmd += ["--bundle_root", str(bundle), "--input", str(image), "--output_dir", str(work / "seg")]
     proc = subprocess.run(cmd, cwd=work, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    _assert_same_space(work / "seg" / "demo_006_seg.nii.gz", image)
+    assert_same_space(work / "seg" / "demo_006_seg.nii.gz", image)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +97,7 @@ def test_pack_merges_the_presets_overlays_into_single_configs(tmp_path, preset, 
 
 
 def test_pack_refuses_bad_input_in_one_line(tmp_path, capsys):
-    _tiny_training_checkpoint(tmp_path / "tiny.pt")
+    tiny_training_checkpoint(tmp_path / "tiny.pt")
     torch.save({"model": argparse.Namespace(a=1)}, tmp_path / "pickled.pt")
     (tmp_path / "taken").mkdir()
     cases = {

@@ -10,27 +10,19 @@ import torch
 from monai.bundle import ConfigWorkflow
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY_TRAIN_ARGS as TINY
+from utils import TINY_TRAIN_ARGS as TINY
+from utils import free_port, run_bundle
 from dlka_monai.networks import get_preset
 from dlka_monai.training import latest_checkpoint, load_history
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "configs" / "train.json")
 MULTI_GPU = str(ROOT / "configs" / "multi_gpu_train.json")
-LOGGING = str(ROOT / "configs" / "logging.conf")
 
 
 @pytest.fixture
 def demo_dir(demo_dataset):
     return str(demo_dataset)
-
-
-def _run_bundle(args, cwd, timeout=900, launcher=(sys.executable,)):
-    cmd = [*launcher, "-m", "monai.bundle", "run", "training", *args, "--logging_file", LOGGING]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-6000:]
-    return output
 
 
 def _scalars(log_dir, tag):
@@ -76,7 +68,7 @@ def test_metadata_has_the_model_zoo_fields():
 
 def test_demo_training_learns_saves_and_resumes(tmp_path, demo_dir):
     args = ["--config_file", TRAIN, "--bundle_root", str(tmp_path), "--demo_dir", demo_dir, *TINY]
-    out = _run_bundle([*args, "--max_epochs", "4", "--val_interval", "1"], cwd=tmp_path)
+    out = run_bundle([*args, "--max_epochs", "4", "--val_interval", "1"], cwd=tmp_path)
     epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in epoch_lines] == ["1/4", "2/4", "3/4", "4/4"]
     assert all(" dice " in line and " ETA " in line for line in epoch_lines)
@@ -104,7 +96,7 @@ def test_demo_training_learns_saves_and_resumes(tmp_path, demo_dir):
     assert epoch_length == 4 and latest["trainer"]["iteration"] == 4 * epoch_length
 
     # resume: continues at epoch 5 instead of starting over
-    out = _run_bundle([*args, "--max_epochs", "5", "--val_interval", "5", "--resume", "true"], cwd=tmp_path)
+    out = run_bundle([*args, "--max_epochs", "5", "--val_interval", "5", "--resume", "true"], cwd=tmp_path)
     assert "epoch 5/5" in out and "epoch 1/5" not in out
     # the plot of the resumed run covers all five epochs
     assert [r["epoch"] for r in load_history(tmp_path / "logs" / "progress.json")] == [1, 2, 3, 4, 5]
@@ -121,11 +113,12 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, demo_dir):
     assert "no checkpoint to resume from" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # two training processes
 def test_multi_gpu_config_runs_with_gloo_on_cpu(tmp_path, demo_dir):
     config = f"['{TRAIN}','{MULTI_GPU}']"
     args = ["--config_file", config, "--bundle_root", str(tmp_path), "--demo_dir", demo_dir, *TINY]
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29517")
-    out = _run_bundle([*args, "--max_epochs", "1", "--val_interval", "1"], cwd=tmp_path, launcher=launcher)
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()))
+    out = run_bundle([*args, "--max_epochs", "1", "--val_interval", "1"], cwd=tmp_path, launcher=launcher)
     assert out.count("epoch 1/1") == 1  # rank 0 alone prints
     # rank 0 alone saves the checkpoints
     assert (tmp_path / "models" / "checkpoint_epoch=1.pt").exists()
@@ -138,7 +131,7 @@ PANCREAS = str(ROOT / "configs" / "pancreas.json")
 def test_pancreas_overlay_trains_on_demo_data(tmp_path, demo_dir):
     config = f"['{TRAIN}','{PANCREAS}']"
     args = ["--config_file", config, "--bundle_root", str(tmp_path), "--demo_dir", demo_dir, *TINY]
-    out = _run_bundle([*args, "--max_epochs", "1", "--val_interval", "1"], cwd=tmp_path)
+    out = run_bundle([*args, "--max_epochs", "1", "--val_interval", "1"], cwd=tmp_path)
     assert "epoch 1/1" in out
     best = torch.load(tmp_path / "models" / "pancreas" / "model.pt", weights_only=True)
     assert best["model"]["out1.conv.conv.weight"].shape[0] == 2  # background + pancreas
@@ -161,6 +154,6 @@ def test_pancreas_overlay_reads_the_authors_h5_folds(tmp_path):
     config = f"['{TRAIN}','{PANCREAS}']"
     args = ["--config_file", config, "--bundle_root", str(tmp_path), "--dataset_dir", str(data), "--h5_fold", "0"]
     args += [*TINY, "--img_size", "[32,32,32]", "--max_epochs", "1", "--epoch_length", "2", "--val_interval", "1", "--val_fraction", "0.34"]
-    out = _run_bundle(args, cwd=tmp_path)
+    out = run_bundle(args, cwd=tmp_path)
     assert "epoch 1/1" in out and " dice " in out
     assert (tmp_path / "models" / "pancreas" / "model.pt").exists()

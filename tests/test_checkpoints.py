@@ -17,7 +17,8 @@ from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.transforms import Compose, RandFlipd, RandGaussianNoised
 
-from conftest import TINY_TRAIN_ARGS as TINY
+from utils import TINY_TRAIN_ARGS as TINY
+from utils import run
 from dlka_monai.data import InvalidInputError
 from dlka_monai.training import NonFiniteLossGuard, TrainingCheckpointer, latest_checkpoint
 from dlka_monai.weights import atomic_save
@@ -228,21 +229,29 @@ def _epochs(models: Path) -> list[int]:
     return sorted(int(p.name.split("=")[1][:-3]) for p in models.glob("checkpoint_epoch=*.pt"))
 
 
+@pytest.mark.slow
 def test_training_killed_at_random_moments_resumes_and_finishes(tmp_path, demo_dataset):
     """SIGKILL mid-epoch (and mid-save, when it falls there) several times; each resume starts at the last
-    checkpoint, and the run ends with the full number of epochs and loadable checkpoints."""
+    checkpoint, and the run ends with the full number of epochs, loadable checkpoints and the very weights
+    of a run never interrupted (the checkpoints hold the random generators; one thread, so that the
+    floating-point sums are the same in every run)."""
     max_epochs, kills = 8, 3
     rng = random.Random(0)
     models = tmp_path / "models"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--logging_file", LOGGING]
-    cmd += ["--bundle_root", str(tmp_path), "--demo_dir", str(demo_dataset), "--max_epochs", str(max_epochs)]
-    cmd += ["--val_interval", "2", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+
+    def command(root):
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--logging_file", LOGGING]
+        cmd += ["--bundle_root", str(root), "--demo_dir", str(demo_dataset), "--max_epochs", str(max_epochs)]
+        return cmd + ["--val_interval", "2", *TINY]
+
+    cmd = command(tmp_path)
     killed, finished, attempt = 0, False, 0
     while not finished:
         start = _epochs(models)[-1] if attempt else 0
         log = tmp_path / f"run{attempt}.log"
         with open(log, "w") as out:
-            proc = subprocess.Popen(cmd + (["--resume", "true"] if attempt else []), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd + (["--resume", "true"] if attempt else []), cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
             if killed < kills:
                 # wait for a checkpoint newer than the one this run resumed from, then kill at a random moment
                 deadline = time.time() + 600
@@ -269,6 +278,14 @@ def test_training_killed_at_random_moments_resumes_and_finishes(tmp_path, demo_d
     assert final["trainer"]["epoch"] == max_epochs
     assert final["trainer"]["iteration"] == max_epochs * final["trainer"]["epoch_length"]
     torch.load(models / "model.pt", weights_only=True)
+
+    whole = tmp_path / "uninterrupted"
+    whole.mkdir()
+    run(command(whole), cwd=whole, env=env)
+    reference = torch.load(whole / "models" / f"checkpoint_epoch={max_epochs}.pt", weights_only=True)
+    assert final["model"].keys() == reference["model"].keys()
+    differ = [k for k, v in reference["model"].items() if not torch.equal(final["model"][k], v)]
+    assert not differ, f"{len(differ)} of {len(reference['model'])} tensors differ from the uninterrupted run's, e.g. {differ[:3]}"
 
 
 def test_resume_refuses_the_checkpoint_of_another_network(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from conftest import TINY_BUNDLE_IMG_SIZE, TINY_BUNDLE_NET, save_tiny_model
+from utils import TINY_BUNDLE_IMG_SIZE, TINY_BUNDLE_NET, save_tiny_model
 from dlka_monai.cli import literal, one_line_errors
 from dlka_monai.convert import main as convert_main
 from dlka_monai.data.demo import main as demo_main

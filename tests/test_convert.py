@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import reference_manifest
+from utils import reference_manifest
 
 from dlka_monai.convert import convert_checkpoint, convert_state_dict, main
 from dlka_monai.networks import create_network
@@ -32,8 +32,14 @@ def _wrap(variant: str, state_dict: dict, module_prefix: bool) -> object:
 
 @pytest.fixture(scope="module")
 def build():
-    """``build(variant, i)``: the i-th full-size net of ``variant``, built once per module."""
-    return functools.cache(lambda variant, i=0: create_network(variant).eval())
+    """``build(variant)``: the full-size net of ``variant`` on the meta device (names and shapes; weights
+    come with ``load_state_dict(..., assign=True)``), built once per module."""
+
+    def make(variant):
+        with torch.device("meta"):
+            return create_network(variant).eval()
+
+    return functools.cache(make)
 
 
 @pytest.fixture(scope="module")
@@ -307,9 +313,9 @@ def test_no_state_dict_in_the_file(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_converted_net_computes_like_a_hand_loaded_net(variant, build, authors):
+def test_converted_net_computes_like_a_hand_loaded_net(variant, authors):
     source = authors(variant)
-    converted, by_hand = build(variant, 0), build(variant, 1)
+    converted, by_hand = (create_network(variant).eval() for _ in range(2))
     converted.load_state_dict(convert_state_dict(source, variant))
     by_hand.load_state_dict({ours: source[theirs] for theirs, ours in mapping_by_order(variant, by_hand).items()})
     x = torch.randn(INPUT_SHAPE[variant])

@@ -14,10 +14,9 @@ NUM_CASES = 8
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    generate_demo_dataset(out, num_cases=NUM_CASES, seed=0)
-    return out
+def demo_dir(demo_dataset) -> Path:
+    """The session's demo dataset: ``generate_demo_dataset``'s defaults, NUM_CASES cases of seed 0."""
+    return demo_dataset
 
 
 @pytest.fixture(scope="module")

@@ -10,55 +10,13 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImage, LoadImaged, Orientationd, Spacingd
 
 from dlka_monai.data import LoadPancreasH5d, SITKReader
-
-SHAPE = (16, 12, 5)  # (x, y, z)
-STUDY_UID = "1.2.826.0.1.3680043.2.1125.1"
-
-
-def _volume(offset: int = 0) -> tuple[np.ndarray, sitk.Image]:
-    """A (x, y, z) int16 array and the same volume as a SimpleITK image, rotated 10 degrees, off-origin."""
-    array = ((np.arange(np.prod(SHAPE)).reshape(SHAPE) * 7 + offset) % 1000 - 300).astype(np.int16)
-    image = sitk.GetImageFromArray(array.T)  # SimpleITK takes (z, y, x)
-    image.SetSpacing((0.8, 0.9, 2.5))
-    image.SetOrigin((-12.5, 30.25, -100.0))
-    c, s = np.cos(np.deg2rad(10)), np.sin(np.deg2rad(10))
-    image.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
-    return array, image
-
-
-def _write_series(image: sitk.Image, folder: Path, series_uid: str) -> None:
-    """Write ``image`` as a DICOM series, one file per slice, with the tags ImageSeriesReader needs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    d = image.GetDirection()
-    tags = {
-        "0008|0021": "20240101",  # series date
-        "0008|0031": "120000",  # series time
-        "0008|0060": "CT",
-        "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
-        "0020|000d": STUDY_UID,
-        "0020|000e": series_uid,
-        "0020|0052": f"{STUDY_UID}.9",  # frame of reference UID
-        "0018|0050": f"{image.GetSpacing()[2]}",  # slice thickness
-        "0020|0037": "\\".join(f"{v}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),  # row, column directions
-    }
-    for k in range(image.GetDepth()):
-        slice_k = image[:, :, k]
-        for tag, value in tags.items():
-            slice_k.SetMetaData(tag, value)
-        slice_k.SetMetaData("0020|0032", "\\".join(f"{v}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
-        slice_k.SetMetaData("0020|0013", f"{k + 1}")  # instance number
-        slice_k.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")  # SOP instance UID
-        writer.SetFileName(str(folder / f"{series_uid[-3:]}_{k:03d}.dcm"))
-        writer.Execute(slice_k)
-
+from utils import SERIES_SHAPE as SHAPE, STUDY_UID, series_volume as _volume, write_series
 
 @pytest.fixture
 def series(tmp_path) -> tuple[np.ndarray, Path, Path]:
     """The same volume as a DICOM series folder and as NIfTI written by SimpleITK."""
     array, image = _volume()
-    _write_series(image, tmp_path / "dicom", f"{STUDY_UID}.100")
+    write_series(image, tmp_path / "dicom", f"{STUDY_UID}.100")
     sitk.WriteImage(image, str(tmp_path / "volume.nii.gz"))
     return array, tmp_path / "dicom", tmp_path / "volume.nii.gz"
 
@@ -132,7 +90,7 @@ def test_single_files_and_channels(tmp_path):
 def test_several_series(tmp_path, series):
     array, dicom, _ = series
     second, image = _volume(offset=1)
-    _write_series(image, dicom, f"{STUDY_UID}.200")
+    write_series(image, dicom, f"{STUDY_UID}.200")
     with pytest.raises(ValueError) as err:
         SITKReader().read(dicom)
     message = str(err.value)

@@ -10,21 +10,11 @@ from torchvision.ops import deform_conv2d
 
 from dlka_monai.networks import DeformableDepthwiseConv2d
 from dlka_monai.networks.layers import deform_conv2d_depthwise, kernels
+from utils import deform2d_case as _case
+from utils import deform2d_close as _close
 
 numba_kernels = pytest.importorskip("dlka_monai.networks.layers.deform_conv2d_numba", exc_type=ImportError)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _case(batch, ch, size, kernel, stride, padding, dilation, dtype=torch.float32, amp=3.0):
-    out = [(s + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1 for s in size]
-    x = torch.randn(batch, ch, *size, dtype=dtype, requires_grad=True)
-    # random offsets of up to +-amp pixels, kept away from integer positions (bilinear kinks)
-    off = amp * (torch.rand(batch, 2 * kernel * kernel, *out, dtype=dtype) * 2 - 1)
-    off = off.round() + (off - off.round()).clamp(-0.4, 0.4).abs().clamp(min=0.1) * torch.sign(off - off.round() + 1e-9)
-    off.requires_grad_()
-    w = torch.randn(ch, 1, kernel, kernel, dtype=dtype, requires_grad=True)
-    b = torch.randn(ch, dtype=dtype, requires_grad=True)
-    return x, off, w, b, (stride, padding, dilation)
 
 
 # (batch, C, (H, W), k, stride, padding, dilation): the decoder's two kernels, stride, non-square
@@ -37,10 +27,6 @@ CASES = [
     (3, 3, (8, 9), 3, 2, 3, 2),
     (3, 16, (7, 9), 5, 1, 2, 1),
 ]
-
-
-def _close(a, b, tol):
-    return (a - b).abs().max().item() <= tol * (1 + b.abs().max().item())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -16,10 +16,11 @@ from torchvision.ops import deform_conv2d
 
 from dlka_monai.networks.layers import deform_conv2d as dc2d
 from dlka_monai.networks.layers import kernels
-from test_deform_conv2d_depthwise import _case, _close
+from utils import compile_for_sm90, run_interpreted
+from utils import deform2d_case as _case
+from utils import deform2d_close as _close
 
 pytest.importorskip("triton", exc_type=ImportError)
-from test_deform_conv_triton import compile_for_sm90, run_interpreted  # noqa: E402 (needs triton)
 
 # (batch, C, (H, W), k, stride, padding, dilation) as in test_deform_conv2d_depthwise: offsets of up to
 # 3 pixels (6 in "far") cross the border, kept off integer positions; shapes tiny because the
@@ -31,7 +32,7 @@ _SCRIPT = textwrap.dedent(
     from torch.nn.modules.utils import _pair
     from torchvision.ops import deform_conv2d
     from dlka_monai.networks.layers import deform_conv2d_triton as dct
-    from test_deform_conv2d_depthwise import _case
+    from utils import deform2d_case as _case
 
     NAMES = ("input", "offset", "weight", "bias")
 
@@ -61,8 +62,7 @@ _SCRIPT = textwrap.dedent(
                 res[name] = err(a, r)
         return res
 
-    # 64 pixels per program: the interpreter's cost is per program, and every case but the last fits one
-    dct._BLOCK_N = 64
+    # the shipped blocks (pixels per program, channels per block) as the GPU runs them: no override here
     results = {}
     for dtype in (torch.float32, torch.float64):
         tag = str(dtype).split(".")[-1]
@@ -100,6 +100,7 @@ def interpreted():
     return run_interpreted(_SCRIPT)
 
 
+@pytest.mark.slow  # minutes on CPU: the CUDA path, checked without a GPU
 @pytest.mark.parametrize("check", _CHECKS)
 def test_interpreted_kernels_match_torchvision(interpreted, check):
     """Forward and the four gradients: the decoder's two kernels, stride 2, non-square images, samples
@@ -111,10 +112,12 @@ def test_interpreted_kernels_match_torchvision(interpreted, check):
     assert not bad, f"{check}: {bad}"
 
 
+@pytest.mark.slow  # minutes on CPU: the CUDA path, checked without a GPU
 def test_interpreted_gradcheck_float64(interpreted):
     assert interpreted["gradcheck"] is True
 
 
+@pytest.mark.slow  # minutes on CPU: the CUDA path, checked without a GPU
 @pytest.mark.parametrize(
     "dtypes, ones", [(("fp32", "fp32"), ()), (("fp64", "fp64"), ("C", "kw", "H", "B"))], ids=["fp32", "fp64_ones"]
 )
@@ -132,7 +135,7 @@ def test_kernels_compile_for_cuda(dtypes, ones):
     for flags in ((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)):
         variants.append((dct._backward_kernel, dict(zip(("NEED_X", "NEED_OFF", "NEED_W"), map(bool, flags)))))
     for fn, extra in variants:
-        compiled = compile_for_sm90(fn, ptr_types, dict(BLOCK_N=16, BLOCK_C=16, **{name: 1 for name in ones if name in fn.arg_names}, **extra))
+        compiled = compile_for_sm90(fn, ptr_types, dict(BLOCK_N=dct._BLOCK_N, BLOCK_C=dct._MAX_BLOCK_C, **{name: 1 for name in ones if name in fn.arg_names}, **extra))
     # the scatter's and the weight gradient's atomics
     assert f"atom.global.gpu.relaxed.add.f{dtypes[0][2:]}" in compiled.asm["ptx"]
 

@@ -1,4 +1,3 @@
-import math
 
 import pytest
 import torch
@@ -11,25 +10,9 @@ from dlka_monai.networks.layers.deform_conv_fast import (
     deform_conv3d_fast,
     dilated_depthwise_conv3d,
 )
-
-
-def _close(a, b, rel=1e-5, abs_=1e-5):
-    scale = b.abs().max().item()
-    return (a - b).abs().max().item() <= abs_ + rel * scale
-
-
-def _case(batch, cin, cout, size, kernel, stride, padding, dilation, groups=1, dtype=torch.float32, amp=3.0):
-    conv = torch.nn.Conv3d(cin, cout, kernel, stride, padding, dilation, groups).to(dtype)
-    ks, st, pd, dl = conv.kernel_size, conv.stride, conv.padding, conv.dilation
-    out = [(s + 2 * p - d * (k - 1) - 1) // t + 1 for s, k, t, p, d in zip(size, ks, st, pd, dl)]
-    x = torch.randn(batch, cin, *size, dtype=dtype, requires_grad=True)
-    # random offsets of up to +-amp voxels, kept away from integer positions (trilinear kinks)
-    off = amp * (torch.rand(batch, 3 * math.prod(ks), *out, dtype=dtype) * 2 - 1)
-    off = off.round() + (off - off.round()).clamp(-0.4, 0.4).abs().clamp(min=0.1) * torch.sign(off - off.round() + 1e-9)
-    off.requires_grad_()
-    w = conv.weight.detach().clone().requires_grad_()
-    b = conv.bias.detach().clone().requires_grad_()
-    return x, off, w, b, (st, pd, dl, groups)
+from utils import DEFORM3D_CASES as CASES
+from utils import deform3d_case as _case
+from utils import deform3d_close as _close
 
 
 @pytest.fixture(params=["default", "pytorch"])
@@ -38,14 +21,6 @@ def cpu_path(request, monkeypatch):
     if request.param == "pytorch":
         monkeypatch.setattr(deform_conv_fast, "numba_kernels", lambda: None)
     return request.param
-
-
-CASES = [
-    (2, 5, 7, (6, 7, 8), 3, 1, 1, 1),
-    (1, 4, 3, (7, 6, 9), 3, 2, 0, 1),
-    (2, 3, 4, (8, 8, 8), 3, 1, 2, 2),
-    (1, 4, 4, (5, 6, 7), (3, 2, 1), (2, 1, 1), (1, 0, 0), (1, 2, 1)),
-]
 
 
 @pytest.mark.parametrize("case", CASES)

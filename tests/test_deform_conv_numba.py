@@ -10,7 +10,9 @@ import torch
 
 from dlka_monai.networks.layers import deform_conv_fast, kernels
 from dlka_monai.networks.layers.deform_conv import deform_conv3d
-from test_deform_conv_fast import CASES, _case, _close
+from utils import DEFORM3D_CASES as CASES
+from utils import deform3d_case as _case
+from utils import deform3d_close as _close
 
 numba_kernels = pytest.importorskip("dlka_monai.networks.layers.deform_conv_numba", exc_type=ImportError)
 deform_conv3d_numba = numba_kernels.deform_conv3d_numba

@@ -19,7 +19,9 @@ import torch
 
 from dlka_monai.networks.layers import deform_conv_fast, kernels
 from dlka_monai.networks.layers.deform_conv import deform_conv3d
-from test_deform_conv_fast import _case, _close
+from utils import compile_for_sm90, run_interpreted
+from utils import deform3d_case as _case
+from utils import deform3d_close as _close
 
 triton = pytest.importorskip("triton", exc_type=ImportError)
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ _SCRIPT = textwrap.dedent(
     import torch
     from dlka_monai.networks.layers import deform_conv_fast, deform_conv_triton as dct
     from dlka_monai.networks.layers.deform_conv import deform_conv3d
-    from test_deform_conv_fast import _case
+    from utils import deform3d_case as _case
 
     NAMES = ("input", "offset", "weight", "bias")
 
@@ -60,8 +62,7 @@ _SCRIPT = textwrap.dedent(
                 res[name] = err(a, r)
         return res
 
-    # 64 voxels per program: the interpreter's cost is per program, and every case but the last fits one
-    dct._BLOCK_N = 64
+    # the shipped blocks (voxels per program, channels per block) as the GPU runs them: no override here
     results = {}
     for dtype in (torch.float32, torch.float64):
         tag = str(dtype).split(".")[-1]
@@ -92,28 +93,6 @@ _CHECKS = [
 ]
 
 
-def run_interpreted(script: str) -> dict:
-    """Run ``script`` under Triton's interpreter in a fresh process (the package and this folder
-    importable) and return the JSON object it prints last."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def compile_for_sm90(fn, ptr_types: dict, constants: dict):
-    """Compile the Triton kernel ``fn`` to a cubin for sm_90 (no GPU needed): the pointers typed by
-    ``ptr_types``, the arguments in ``constants`` as constants, every other one i32."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    sig = {a: "constexpr" if a in constants else ptr_types.get(a, "i32") for a in fn.arg_names}
-    compiled = triton.compile(ASTSource(fn, sig, constants), target=GPUTarget("cuda", 90, 32))
-    assert compiled.asm["cubin"]
-    return compiled
-
-
 @pytest.fixture(scope="module")
 def interpreted():
     """Errors ``[max |triton - reference|, max |reference|]`` per check and quantity, from the kernels
@@ -121,6 +100,7 @@ def interpreted():
     return run_interpreted(_SCRIPT)
 
 
+@pytest.mark.slow  # minutes on CPU: the CUDA path, checked without a GPU
 @pytest.mark.parametrize("check", _CHECKS)
 def test_interpreted_kernels_match_reference(interpreted, check):
     """Forward and the four gradients, shapes sampling across the border, stride, padding, dilation,
@@ -132,10 +112,12 @@ def test_interpreted_kernels_match_reference(interpreted, check):
     assert not bad, f"{check}: {bad}"
 
 
+@pytest.mark.slow  # minutes on CPU: the CUDA path, checked without a GPU
 def test_interpreted_gradcheck_float64(interpreted):
     assert interpreted["gradcheck"] is True
 
 
+@pytest.mark.slow  # minutes on CPU: the CUDA path, checked without a GPU
 @pytest.mark.parametrize(
     "dtypes, ones", [(("fp32", "fp64"), ()), (("fp64", "fp64"), ("C", "kw", "H", "start"))], ids=["fp32_fp64", "fp64_ones"]
 )
@@ -147,7 +129,7 @@ def test_kernels_compile_for_cuda(dtypes, ones):
 
     table, pos = (f"*{d}" for d in dtypes)
     ptr_types = dict(table_ptr=table, cols_ptr=table, grad_cols_ptr=table, grad_table_ptr=table, off_ptr=pos, grad_off_ptr=pos)
-    consts = dict(BLOCK_N=16, BLOCK_C=16, **{name: 1 for name in ones})
+    consts = dict(BLOCK_N=dct._BLOCK_N, BLOCK_C=dct._MAX_BLOCK_C, **{name: 1 for name in ones})
     for fn, extra in ((dct._forward_cols_kernel, {}), (dct._offset_grad_kernel, dict(NEED_COLS=True)),
                       (dct._offset_grad_kernel, dict(NEED_COLS=False)), (dct._input_grad_kernel, {})):  # fmt: skip
         compiled = compile_for_sm90(fn, ptr_types, {**consts, **extra})

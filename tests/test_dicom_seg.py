@@ -19,7 +19,7 @@ from dlka_monai.segment import main
 pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
 
-from test_data_readers import STUDY_UID, _volume, _write_series  # noqa: E402
+from utils import STUDY_UID, series_volume, write_series  # noqa: E402
 
 SERIES_UID = f"{STUDY_UID}.700"
 
@@ -30,7 +30,7 @@ def series_outputs(tiny_bundle, demo_dataset, tmp_path_factory):
     (folder, the lines that printed)."""
     tmp = tmp_path_factory.mktemp("dicom_seg")
     image = sitk.ReadImage(str(demo_dataset / "imagesTr" / "demo_006.nii.gz"))
-    _write_series(image, tmp / "ct", SERIES_UID)
+    write_series(image, tmp / "ct", SERIES_UID)
     assert main(["-i", str(tmp / "ct"), "-o", str(tmp / "nifti"), "--model", str(tiny_bundle)]) == 0
     args = ["-i", str(tmp / "ct"), "-o", str(tmp / "seg"), "--model", str(tiny_bundle), "--output-type", "dicom_seg", "--statistics"]
     with contextlib.redirect_stdout(io.StringIO()) as out:
@@ -150,9 +150,9 @@ def _edit_slice(folder: Path, number: int, **tags) -> None:
 
 def _bad_series(kind: str, folder: Path) -> tuple[Path, str]:
     """A series of the reader tests' volume (5 slices, 2.5 mm apart) broken as ``kind``; the error's text."""
-    _, image = _volume()
+    _, image = series_volume()
     series = folder / kind.replace(" ", "_")
-    _write_series(image, series, f"{STUDY_UID}.800")
+    write_series(image, series, f"{STUDY_UID}.800")
     position = [float(v) for v in pydicom.dcmread(sorted(series.iterdir())[2]).ImagePositionPatient]
     if kind == "missing slice":
         sorted(series.iterdir())[2].unlink()
@@ -187,15 +187,15 @@ def test_a_series_that_is_not_a_volume_is_refused_in_one_line(kind, tiny_bundle,
 
 
 def test_a_regular_series_passes_the_checks(tmp_path):
-    _, image = _volume()
-    _write_series(image, tmp_path / "ok", f"{STUDY_UID}.801")
+    _, image = series_volume()
+    write_series(image, tmp_path / "ok", f"{STUDY_UID}.801")
     check_image(tmp_path / "ok")
     assert len(SITKReader().series_files(str(tmp_path / "ok"))) == 5
 
 
 def test_dicom_seg_without_highdicom_names_the_extra(tiny_bundle, tmp_path, monkeypatch, capsys):
-    _, image = _volume()
-    _write_series(image, tmp_path / "ct", f"{STUDY_UID}.802")
+    _, image = series_volume()
+    write_series(image, tmp_path / "ct", f"{STUDY_UID}.802")
     monkeypatch.setitem(sys.modules, "highdicom", None)  # as if not installed: its import fails
     assert main(["-i", str(tmp_path / "ct"), "-o", str(tmp_path / "out"), "--model", str(tiny_bundle), "--output-type", "dicom_seg"]) == 1
     err = capsys.readouterr().err.strip()

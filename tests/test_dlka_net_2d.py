@@ -3,21 +3,23 @@ import re
 import pytest
 import timm
 import torch
-from conftest import reference_manifest
+from utils import TINY_2D as TINY_2D_NET
+from utils import reference_manifest
 
 from dlka_monai.convert import convert_state_dict
 from dlka_monai.networks import DeformableDepthwiseConv2d, DLKANet2D, DLKAttention, create_network, list_networks
 
 # a 2D D-LKA net small enough for fast tests: MaxViT-pico at 64×64 (stages 16²/8²/4²/2², 32..256 channels)
-TINY_2D = dict(out_channels=3, img_size=64, encoder="maxvit_rmlp_pico_rw_256")
+TINY_2D = dict(out_channels=3, **TINY_2D_NET)
 
 # the authors' modules that never run: the first decoder stage's skip/LKA layers and the 1 -> 3 conv
 AUTHORS_DEAD = re.compile(r"^(decoder_3\.(x1_linear|layer_lka_1|layer_lka_2)\.|backbone\.conv\.)")
 
 @pytest.fixture(scope="module")
 def synapse_net():
-    torch.manual_seed(0)
-    return create_network("dlka2d_synapse")
+    """The full-size net on the meta device: its structure and shapes, no weights."""
+    with torch.device("meta"):
+        return create_network("dlka2d_synapse")
 
 
 def test_preset_matches_the_papers_model(synapse_net):
@@ -38,8 +40,8 @@ def test_registry_and_config(synapse_net):
 
 
 @pytest.mark.slow
-def test_synapse_full_size_forward(synapse_net):
-    net = synapse_net.eval()
+def test_synapse_full_size_forward():
+    net = create_network("dlka2d_synapse").eval()
     with torch.no_grad():
         out = net(torch.randn(1, 1, 224, 224))
     assert isinstance(out, torch.Tensor) and out.shape == (1, 9, 224, 224)

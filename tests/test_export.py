@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_BUNDLE_IMG_SIZE, TINY_BUNDLE_NET
+from utils import TINY_BUNDLE_IMG_SIZE, TINY_BUNDLE_NET
 
 from dlka_monai.networks import create_network
 from dlka_monai.plan import network_plan

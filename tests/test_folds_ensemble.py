@@ -18,7 +18,7 @@ from dlka_monai.networks import create_network
 from dlka_monai.plan import network_plan
 from dlka_monai.weights import save_model
 
-from conftest import TINY_3D
+from utils import TINY_3D
 
 
 def _entries(n):

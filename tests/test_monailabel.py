@@ -8,7 +8,6 @@ MONAI Label pins numpy<2, so this runs in an environment of its own (what .ci/ru
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,22 +19,25 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_bundle_pack import _tiny_training_checkpoint
 
 from dlka_monai.bundle import pack_bundle
+from utils import dice, free_port, tiny_training_checkpoint
 
 pytest.importorskip("monailabel")
 pytestmark = pytest.mark.monailabel
 
 NAME = "dlka3d_synapse"
+LIVER = 6
 
 
-def _app_and_studies(root, demo_dataset):
-    """The monaibundle sample app serving a packed tiny bundle from ``<app>/model/<name>``, and a studies
-    folder of 3 images, 2 of them labelled."""
-    _tiny_training_checkpoint(root / "tiny.pt")
+def _app_and_studies(root, demo_dataset, model=None):
+    """The monaibundle sample app serving a packed bundle of ``model`` (default: a tiny net of random
+    weights) from ``<app>/model/<name>``, and a studies folder of 3 images, 2 of them labelled."""
+    if model is None:
+        model = root / "tiny.pt"
+        tiny_training_checkpoint(model)
     # validation every epoch and 2 iterations an epoch, so that a 1-epoch run is quick and updates models/model.pt
-    bundle, _ = pack_bundle(NAME, root / "dist" / NAME, root / "tiny.pt", overrides={"val_interval": 1, "epoch_length": 2})
+    bundle, _ = pack_bundle(NAME, root / "dist" / NAME, model, overrides={"val_interval": 1, "epoch_length": 2})
     # the sample app ships with the monailabel package: this copies it, offline
     cmd = [sys.executable, "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle", "--output", str(root / "apps")]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
@@ -119,23 +121,18 @@ def test_bundle_train_task_trains_the_model_that_infer_then_uses(monaibundle_app
     _infer(app, demo_dataset)  # the infer task reloads the changed model.pt
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _request(url, data=None, timeout=60):
     body = None if data is None else urllib.parse.urlencode(data).encode()
     with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST" if body is not None else "GET"), timeout=timeout) as r:
         return r.read()
 
 
-def test_rest_server_infers_and_trains_the_packed_bundle(demo_dataset, tmp_path):
-    """``monailabel start_server`` on 127.0.0.1 with the packed bundle, driven as a client does: inference
-    over REST (label map in the image's space, with the bundle's class names), one training round, stop."""
-    app_dir, studies, bundle = _app_and_studies(tmp_path, demo_dataset)
-    port = _free_port()
+def test_rest_server_infers_and_trains_the_packed_bundle(demo_model, demo_dataset, tmp_path):
+    """``monailabel start_server`` on 127.0.0.1 with the packed demo model, driven as a client does:
+    inference over REST (a label map in the image's space that finds the held-out case's liver, with the
+    bundle's class names), one training round, stop."""
+    app_dir, studies, bundle = _app_and_studies(tmp_path, demo_dataset, demo_model.model)
+    port = free_port()
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir), "--studies", str(studies)]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     for key, value in _CONF.items():
@@ -163,6 +160,8 @@ def test_rest_server_infers_and_trains_the_packed_bundle(demo_dataset, tmp_path)
         seg, image = nib.load(label), nib.load(demo_dataset / "imagesTr" / "demo_006.nii.gz")
         assert seg.shape == image.shape and np.allclose(seg.affine, image.affine, atol=1e-4)
         assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= set(range(14))
+        truth = nib.load(demo_dataset / "labelsTr" / "demo_006.nii.gz").dataobj
+        assert dice(seg.dataobj, truth, LIVER) > 0.5  # the organ, where it is (~0.67 by the demo model)
         result = json.loads(_request(f"{url}/infer/{NAME}?image=demo_006&output=json", params, timeout=900))
         assert result["label_names"] == expected
 

@@ -25,7 +25,7 @@ from dlka_monai.plan import (
 )
 from dlka_monai.plan.__main__ import main
 
-from conftest import ROOT
+from utils import ROOT
 
 SYNAPSE_WINDOW = {"scheme": "window", "a_min": -175.0, "a_max": 250.0}
 

@@ -1,33 +1,17 @@
 """Accuracy guard of bf16 inference: on a demo model trained by the shipped configs/train.json and the
 demo's held-out test cases, the shipped inference + evaluation configs in bf16 agree with fp32.
 
-The model is trained for 10 epochs (the shortest training whose segmentation is not trivial: liver and
-kidneys found, Dice well above 0), not the README's 100."""
+The model is the session's ``demo_model`` (the shipped train.json for a few epochs: the shortest training
+whose segmentation is not trivial), not the README's 100 epochs."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 from monai.bundle import ConfigWorkflow
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-EPOCHS = 10
-
-
-@pytest.fixture(scope="session")
-def demo_model_10_epochs(tmp_path_factory, demo_dataset):
-    """A bundle root holding ``models/model.pt`` trained by the shipped train.json on the demo data."""
-    root = tmp_path_factory.mktemp("demo_model")
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json")]
-    cmd += ["--bundle_root", str(root), "--demo_dir", str(demo_dataset), "--max_epochs", str(EPOCHS), "--val_interval", str(EPOCHS)]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, encoding="utf-8", errors="replace", timeout=1800)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    return root
+from utils import CONFIGS
 
 
 def _infer_and_evaluate(root: Path, demo_dir: Path, precision: str, out: Path) -> dict:
@@ -46,8 +30,8 @@ def _infer_and_evaluate(root: Path, demo_dir: Path, precision: str, out: Path) -
     return json.loads((out / "summary.json").read_text(encoding="utf-8"))
 
 
-def test_bf16_labels_and_dice_match_fp32_on_held_out_demo_cases(demo_model_10_epochs, demo_dataset, tmp_path):
-    results = {p: _infer_and_evaluate(demo_model_10_epochs, demo_dataset, p, tmp_path / p) for p in ("fp32", "bf16")}
+def test_bf16_labels_and_dice_match_fp32_on_held_out_demo_cases(demo_model, demo_dataset, tmp_path):
+    results = {p: _infer_and_evaluate(demo_model.bundle_root, demo_dataset, p, tmp_path / p) for p in ("fp32", "bf16")}
     cases = [Path(e["image"]).name.replace(".nii.gz", "_seg.nii.gz") for e in json.loads((demo_dataset / "dataset.json").read_text())["test"]]
     assert len(cases) >= 2
     same = total = 0

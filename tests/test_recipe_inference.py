@@ -4,7 +4,7 @@ import pytest
 from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 
-from conftest import ROOT, save_tiny_model
+from utils import ROOT, save_tiny_model
 from dlka_monai.inference import FlipTTAInferer
 from dlka_monai.plan import network_plan, recipe_inference
 from dlka_monai.training.recipe import get_recipe

@@ -14,7 +14,7 @@ from monai.bundle import ConfigParser
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 
-from conftest import DATA, ROOT
+from utils import DATA, ROOT
 
 from dlka_monai.training import GradientClipping, crop_sampler, get_recipe, list_recipes
 from dlka_monai.training.recipe import ITEMS, recipe_table
@@ -374,7 +374,7 @@ def test_moreda_transforms_run_on_a_patch():
 
 
 def test_converted_synapse_model_feeds_the_net_nnunet_ct_intensities(tmp_path):
-    from conftest import reference_manifest, save_tiny_model
+    from utils import reference_manifest, save_tiny_model
     from dlka_monai.convert import convert_checkpoint, converted_plan
     from dlka_monai.networks.nets.dlka_net_3d import DLKANet3D
     from dlka_monai.segment import main as segment

@@ -32,9 +32,10 @@ from dlka_monai.inference.skin import segment_images
 from dlka_monai.networks import create_network, get_preset
 from dlka_monai.plan import make_plan
 from dlka_monai.training.finetune import init_from_model
+from utils import TINY_2D
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY_SKIN = dict(img_size=64, encoder="maxvit_rmlp_pico_rw_256")
+TINY_SKIN = TINY_2D
 W, H = 52, 40  # photographs of the tests: wider than high, so that a swapped axis shows
 
 
@@ -326,7 +327,7 @@ def test_evaluate_model_on_a_test_split(tmp_path):
 
 
 def test_dlka_segment_writes_lesion_masks_of_a_skin_model(tmp_path, capsys):
-    from conftest import save_tiny_model
+    from utils import save_tiny_model
 
     from dlka_monai.segment import main
 

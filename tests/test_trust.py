@@ -16,7 +16,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from conftest import save_tiny_model
+from utils import save_tiny_model
 from dlka_monai.bundle import MARKER, pack_bundle
 from dlka_monai.bundle import main as pack_main
 from dlka_monai.data import InvalidInputError

@@ -9,9 +9,11 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
-from conftest import save_tiny_model
+from utils import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
+# builds and installs a wheel, then segments and packs in subprocesses: the packaging, not the code
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
