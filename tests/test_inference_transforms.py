@@ -90,3 +90,18 @@ def test_invert_argmax_splits_at_the_first_resampling_transform():
 def test_invert_argmax_needs_an_invertible_transform():
     with pytest.raises(ValueError, match="must be invertible"):
         InvertArgmaxd("pred", ScaleIntensityRanged("image", a_min=0, a_max=1, b_min=0, b_max=1), orig_key="image")
+
+
+def test_ct_body_crop_drops_noisy_air_under_nnunet_ct_normalisation():
+    from dlka_monai.data.transforms import foreground_select
+
+    gen = torch.Generator().manual_seed(0)
+    ct = -1000.0 + 40.0 * torch.randn(1, 40, 40, 10, generator=gen)  # air with scanner noise: above -958 here and there
+    ct[:, 10:30, 12:28, 2:8] = 40.0  # the body
+    body = foreground_select({"scheme": "ct", "clip": [-958.0, 326.0], "mean": 82.95, "std": 136.95})(ct)
+    assert (ct > -958).sum() > body.sum()  # the clip floor alone would keep noisy air
+    nz = body[0].nonzero()
+    assert nz.min(0).values.tolist() == [10, 12, 2] and nz.max(0).values.tolist() == [29, 27, 7]
+    # a plan's clip above -500 HU (e.g. from an MR-like or soft-tissue fingerprint) is the floor itself
+    soft = foreground_select({"scheme": "ct", "clip": [-100.0, 300.0], "mean": 40.0, "std": 60.0})(ct)
+    assert soft.sum() == body.sum()

@@ -57,12 +57,19 @@ def intensity_transform(keys: KeysCollection, normalization: Mapping[str, Any]) 
     raise ValueError(f"unknown normalization scheme {scheme!r}; known: {', '.join(NORMALIZATION_SCHEMES)}.")
 
 
+_CT_BODY_HU = -500.0
+
+
 def foreground_select(normalization: Mapping[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
     """What counts as the body before normalisation: for CT the voxels above the window's (or clip's) floor,
     so that the air around the patient is cropped; otherwise the voxels above the image's minimum. An image
-    with no such voxel (e.g. a constant one) is kept whole rather than cropped to nothing."""
+    with no such voxel (e.g. a constant one) is kept whole rather than cropped to nothing.
+
+    The ``ct`` scheme's floor is at most -500 HU: its clip comes from foreground percentiles and can lie
+    just above air (-958 in nnU-Net's Synapse plan), where scanner noise in the air would keep the whole
+    field of view. The lungs (about -800 HU) stay inside the body's box."""
     scheme = normalization.get("scheme")
-    floor = {"window": lambda n: n["a_min"], "ct": lambda n: n["clip"][0]}.get(scheme)
+    floor = {"window": lambda n: n["a_min"], "ct": lambda n: max(n["clip"][0], _CT_BODY_HU)}.get(scheme)
     threshold = None if floor is None else float(floor(normalization))
 
     def select(x: torch.Tensor) -> torch.Tensor:
