@@ -37,6 +37,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "describe_precision",
     "govern_threads",
+    "pass_voxels",
     "resolve_precision",
     "set_threads",
     "ThreadGovernor",
@@ -178,6 +179,13 @@ def choose_threads(work_voxels: int | None = None, cpus: int | None = None, load
     if work_voxels is not None and work_voxels <= SMALL_WORK_VOXELS:
         return 1
     return max(1, min(cpus, math.floor(cpus - load + 0.5)))
+
+
+def pass_voxels(batch: int, img_size: int | Sequence[int], spatial_dims: int) -> int:
+    """Voxels (pixels) of one forward pass: ``batch`` inputs of ``img_size`` (an int: that size along each
+    of the ``spatial_dims`` axes, as the 2D presets give it)."""
+    size = [int(img_size)] * spatial_dims if isinstance(img_size, int) else [int(v) for v in img_size]
+    return int(batch) * math.prod(size)
 
 
 def set_threads(

@@ -232,6 +232,7 @@ def test_training_bundle_stops_before_training_on_a_bad_label_map(tmp_path):
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
 
 
+@pytest.mark.slow
 def test_small_volume_and_empty_label_map_train_and_segment(demo_dataset, tiny_bundle, tmp_path):
     """A volume smaller than the patch is padded, an all-background label map is trained on; both work."""
     ds = tmp_path / "ds"

@@ -24,6 +24,7 @@ MONAILABEL_TRAIN_IDS = (
 )
 
 
+@pytest.mark.slow
 def test_pack_writes_a_folder_and_a_zip_that_segment_outside_the_repo(demo_dataset, tmp_path):
     ckpt = tiny_training_checkpoint(tmp_path / "checkpoint_epoch=3.pt")
     weights = ckpt["model"]

@@ -105,6 +105,7 @@ def test_demo_training_learns_saves_and_resumes(tmp_path, demo_dir):
     assert latest_checkpoint(models).endswith("checkpoint_epoch=5.pt")
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, demo_dir):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--bundle_root", str(tmp_path)]
     cmd += ["--demo_dir", demo_dir, "--resume", "true", *TINY]
@@ -128,6 +129,7 @@ def test_multi_gpu_config_runs_with_gloo_on_cpu(tmp_path, demo_dir):
 PANCREAS = str(ROOT / "configs" / "pancreas.json")
 
 
+@pytest.mark.slow
 def test_pancreas_overlay_trains_on_demo_data(tmp_path, demo_dir):
     config = f"['{TRAIN}','{PANCREAS}']"
     args = ["--config_file", config, "--bundle_root", str(tmp_path), "--demo_dir", demo_dir, *TINY]

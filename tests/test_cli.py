@@ -107,6 +107,7 @@ def _run(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, encoding="utf-8", errors="replace", cwd=cwd, timeout=600)
 
 
+@pytest.mark.slow
 def test_demo_cli_reports_bad_arguments_in_one_line(tmp_path):
     proc = _run("dlka_monai.data.demo", "--out", str(tmp_path / "d"), "--num-cases", "2")
     assert proc.returncode == 1 and proc.stdout == ""
@@ -117,6 +118,7 @@ def test_demo_cli_reports_bad_arguments_in_one_line(tmp_path):
     assert proc.stderr.startswith("python -m dlka_monai.data.demo: error: ") and str(tmp_path / "file") in proc.stderr
 
 
+@pytest.mark.slow
 def test_convert_cli_reports_a_missing_file_in_one_line(tmp_path):
     proc = _run("dlka_monai.convert", "--variant", "dlka3d_synapse", str(tmp_path / "none.model"), str(tmp_path / "out.pt"))
     assert proc.returncode == 1

@@ -91,6 +91,7 @@ def test_module_matches_torchvision_module():
     assert _close(traced(x.detach()), ref.detach(), 1e-5)
 
 
+@pytest.mark.slow
 def test_fallback_to_torchvision_without_numba():
     """With numba unimportable the function runs torchvision's op and says so once."""
     script = textwrap.dedent(

@@ -64,6 +64,7 @@ def test_stage_like_shape_zero_offset_equals_conv():
     assert (out - conv(x)).abs().max().item() <= 1e-5
 
 
+@pytest.mark.slow
 def test_gradcheck_float64(cpu_path):
     torch.manual_seed(3)
     x, off, w, b, (st, pd, dl, _) = _case(1, 2, 2, (3, 4, 3), 2, 1, 1, 1, dtype=torch.float64, amp=1.5)

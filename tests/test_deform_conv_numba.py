@@ -88,6 +88,7 @@ def test_threads_follow_torch():
     assert _close(y1, y2)
 
 
+@pytest.mark.slow
 def test_pure_pytorch_fallback_without_numba():
     """With numba unimportable the fast entry point runs the pure-PyTorch function and says so once."""
     script = textwrap.dedent(

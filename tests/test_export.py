@@ -35,6 +35,7 @@ def _tiny_checkpoint(tmp_path, seed):
     return net.eval(), ckpt
 
 
+@pytest.mark.slow
 def test_ckpt_export_torchscript_matches_eager(tiny_bundle, tmp_path):
     net, ckpt = _tiny_checkpoint(tmp_path, seed=1)
     ts_path = tmp_path / "model.ts"
@@ -51,6 +52,7 @@ def test_ckpt_export_torchscript_matches_eager(tiny_bundle, tmp_path):
         assert (scripted(x) - net(x)).abs().max().item() <= 1e-4
 
 
+@pytest.mark.slow
 def test_verify_net_in_out_on_the_bundle(tmp_path):
     out = _bundle_cli(
         "verify_net_in_out", "network_def", "--meta_file", str(ROOT / "configs" / "metadata.json"),
@@ -59,6 +61,7 @@ def test_verify_net_in_out_on_the_bundle(tmp_path):
     assert "verified with no error" in out
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_in_onnxruntime(tiny_bundle, tmp_path):
     pytest.importorskip("onnxruntime")
     net, ckpt = _tiny_checkpoint(tmp_path, seed=2)

@@ -173,3 +173,10 @@ def test_thread_governor_ticks_before_forward_passes_and_sets_the_count():
         assert all(len(m._forward_pre_hooks) == 1 for m in ensemble)
     finally:
         torch.set_num_threads(before)
+
+
+def test_pass_voxels_reads_2d_sizes_as_squares():
+    from dlka_monai.runtime import pass_voxels
+
+    assert pass_voxels(16, 224, 2) == 16 * 224 * 224
+    assert pass_voxels(4, [64, 128, 128], 3) == 4 * 64 * 128 * 128
