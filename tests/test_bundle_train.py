@@ -141,6 +141,7 @@ def test_pancreas_overlay_trains_on_demo_data(tmp_path, demo_dir):
     assert best["plan"]["preset"] == "dlka3d_pancreas" and best["plan"]["class_names"] == {"0": "background", "1": "pancreas"}
 
 
+@pytest.mark.slow
 def test_pancreas_overlay_reads_the_authors_h5_folds(tmp_path):
     h5py = pytest.importorskip("h5py")
     data = tmp_path / "NIH"
