@@ -39,6 +39,7 @@ from dlka_monai.bundle_files import bundle_root
 from dlka_monai.cli import ArgumentParser
 from dlka_monai.networks import get_preset, list_networks
 from dlka_monai.plan import preset_plan, write_plan_file
+from dlka_monai.training.recipe import list_recipes
 from dlka_monai.weights import read_model
 
 __all__ = ["MARKER", "training_overlays", "merged_configs", "pack_bundle", "main"]
@@ -347,6 +348,11 @@ def pack_bundle(
     plan = plan or preset_plan(preset)
     preset = plan["preset"]
     train, inference = merged_configs(preset, overrides, source)
+    recipe = (plan.get("recipe") or {}).get("name")
+    # retraining the packed model (e.g. MONAI Label's train task) continues with the recipe it was trained
+    # with; only a registered name is written, never a string from the model file
+    if "recipe_name" not in (overrides or {}) and isinstance(recipe, str) and recipe in list_recipes():
+        train["recipe_name"] = recipe
     meta = _metadata(plan, source)
     zip_path = out.with_name(f"{out.name}_v{meta['version']}.zip") if make_zip else None
     _check_replaceable(out, zip_path, overwrite)

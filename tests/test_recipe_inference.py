@@ -42,3 +42,17 @@ def test_inference_json_infers_and_scores_as_the_models_recipe(tmp_path, recipe,
     else:
         assert isinstance(tta_inferer, FlipTTAInferer) and tta_inferer.spatial_axes == mirror
     assert metric_convention == convention == recipe_inference(plan)["metric_convention"]
+
+
+@pytest.mark.parametrize("recipe, written", [("demo", "demo"), ("$__import__('os').system('touch PWNED')", None)])
+def test_a_packed_model_retrains_with_its_own_recipe(tmp_path, recipe, written):
+    import json
+
+    from dlka_monai.bundle import pack_bundle
+
+    net = save_tiny_model(tmp_path / "untouched.pt")
+    plan = network_plan(net, {"preset": "dlka3d_synapse", "recipe": {**get_recipe("demo").to_dict(), "name": recipe}})
+    save_model(tmp_path / "model.pt", net, plan)
+    bundle, _ = pack_bundle(None, tmp_path / "dist" / "bundle", tmp_path / "model.pt", make_zip=False)
+    train = json.loads((bundle / "configs" / "train.json").read_text(encoding="utf-8"))
+    assert train.get("recipe_name") == written
