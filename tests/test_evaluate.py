@@ -67,6 +67,7 @@ def test_summary_excludes_and_counts_nan():
     assert summary["all_classes"]["hd95_mm"]["mean"] == pytest.approx(3.0)
 
 
+@pytest.mark.slow
 def test_evaluate_config_writes_metrics_summary_and_pngs(tiny_bundle, demo_dataset, tmp_path):
     configs = str([str(tiny_bundle / "configs" / "inference.json"), str(tiny_bundle / "configs" / "evaluate.json")])
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(tiny_bundle)]
