@@ -187,7 +187,9 @@ def segment(
     replaces outputs of an earlier run, never an input. ``output_type="dicom_seg"`` writes a DICOM
     Segmentation object per DICOM series input (none for a series where nothing was found); ``statistics``
     writes ``<name>_statistics.json`` beside each output
-    (:func:`dlka_monai.inference.statistics.label_statistics`, the numbers the console prints).
+    (:func:`dlka_monai.inference.statistics.label_statistics`, the numbers the console prints). ``tta``
+    None mirrors as the model's recipe says (the authors' recipes do, ours do not); ``precision`` and
+    ``threads`` are :mod:`dlka_monai.runtime`'s settings.
 
     Raises:
         SegmentError, InvalidInputError: with a one-line message.
