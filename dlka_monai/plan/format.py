@@ -354,7 +354,7 @@ def class_names(plan: Mapping[str, Any]) -> dict[int, str]:
     return {int(k): v for k, v in plan["class_names"].items()}
 
 
-_INFERENCE_DEFAULTS = {"overlap": 0.5, "mode": "gaussian", "mirror_axes": [], "metric_convention": "default"}
+_INFERENCE_DEFAULTS = {"overlap": 0.5, "mode": "gaussian", "mirror_axes": []}
 
 
 def recipe_inference(plan: Mapping[str, Any]) -> dict[str, Any]:
@@ -367,10 +367,10 @@ def recipe_inference(plan: Mapping[str, Any]) -> dict[str, Any]:
 
     recipe = plan.get("recipe") or {}
     items = recipe.get("inference") or {}
-    settings = {key: items.get(key, value) for key, value in _INFERENCE_DEFAULTS.items() if key != "metric_convention"}
+    settings = {key: items.get(key, value) for key, value in _INFERENCE_DEFAULTS.items()}
     convention = (recipe.get("metrics") or {}).get("convention")
     # the pancreas and skin conventions are the authors' own scripts, not a convention of our evaluation
-    settings["metric_convention"] = convention if convention in CONVENTIONS else _INFERENCE_DEFAULTS["metric_convention"]
+    settings["metric_convention"] = convention if convention in CONVENTIONS else "default"
     return settings
 
 
