@@ -10,12 +10,15 @@ and the channels-last instance norm computes its statistics in float32, so sampl
 normalisation keep float32 accuracy.
 
 Threads (``threads``: ``"auto"`` or a count): ``"auto"`` gives one intra-op thread to small work, where
-fanning out does not pay, and otherwise one thread per CPU this process may use that other processes
-do not keep busy (the one-minute load average), because every OpenMP parallel region waits for its
-slowest thread: with one busy competitor, two threads on two cores run 5-15x slower than one. An
-``OMP_NUM_THREADS`` set in the environment is the user's choice and is kept. Competition that starts
-later is met by :class:`ThreadGovernor` (:func:`govern_threads` on a network): when the process's
-threads wait for CPUs, it drops a thread; when the load average says a CPU is free again, it adds one.
+fanning out does not pay, and otherwise one thread per CPU this process may use that other processes do
+not keep busy, because every OpenMP parallel region waits for its slowest thread: with one busy
+competitor, two threads on two cores run 5-15x slower than one. What other processes use is measured,
+not guessed from the load average (which lags by a minute and counts this process's own past work):
+the CPU time the kernel reports for this process's CPUs (``/proc/stat``) less this process's own
+(:func:`other_processes_cpus`); where that is not available, the one-minute load average stands in. An
+``OMP_NUM_THREADS`` set in the environment is the user's choice and is kept. Competition that starts or
+ends later is met by :class:`ThreadGovernor` (:func:`govern_threads` on a network), which re-reads the
+same measure every few seconds while the network runs.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ __all__ = [
     "PrecisionInferer",
     "autocast",
     "choose_threads",
+    "cpu_seconds",
     "cpu_has_native_bf16",
     "describe_precision",
     "govern_threads",
+    "other_processes_cpus",
     "pass_voxels",
     "resolve_precision",
     "set_threads",
@@ -161,24 +166,60 @@ def _load_average() -> float:
         return 0.0
 
 
-def choose_threads(work_voxels: int | None = None, cpus: int | None = None, load: float | None = None) -> int:
-    """Intra-op threads for work of ``work_voxels`` voxels per forward pass on ``cpus`` CPUs of which
-    ``load`` are kept busy by other processes.
+def cpu_seconds() -> tuple[float, float] | None:
+    """``(busy, own)``: CPU-seconds the CPUs this process may run on have been busy since boot (``/proc/stat``;
+    time stolen by a hypervisor counts as busy) and CPU-seconds this process has used; None where the
+    kernel does not report them."""
+    cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)} if hasattr(os, "sched_getaffinity") else None
+    busy = 0
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if not name.startswith("cpu") or name == "cpu" or (cpus is not None and name not in cpus):
+                    continue
+                # user nice system idle iowait irq softirq steal (guest time is already in user and nice)
+                ticks = [int(v) for v in fields[:8]]
+                busy += sum(ticks) - ticks[3] - ticks[4]
+    except (OSError, ValueError, IndexError):
+        return None
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
-    One thread when the work is small (``<= SMALL_WORK_VOXELS``); otherwise the CPUs left free by the load,
-    rounded to the nearest count, at least one and at most ``cpus``.
+
+def other_processes_cpus(interval: float = 0.25, sample: Callable[[], tuple[float, float] | None] = cpu_seconds) -> float:
+    """CPUs that other processes keep busy, measured over ``interval`` seconds (:func:`cpu_seconds`, this
+    process's own time subtracted); where that is not reported, the one-minute load average."""
+    import time
+
+    first, t0 = sample(), time.perf_counter()
+    if first is None:
+        return _load_average()
+    time.sleep(interval)
+    second, t1 = sample(), time.perf_counter()
+    if second is None:
+        return _load_average()
+    return max(0.0, ((second[0] - first[0]) - (second[1] - first[1])) / (t1 - t0))
+
+
+def choose_threads(work_voxels: int | None = None, cpus: int | None = None, busy: float | None = None) -> int:
+    """Intra-op threads for work of ``work_voxels`` voxels per forward pass on ``cpus`` CPUs of which other
+    processes keep ``busy`` busy.
+
+    One thread when the work is small (``<= SMALL_WORK_VOXELS``); otherwise the CPUs left free, rounded to
+    the nearest count, at least one and at most ``cpus``.
 
     Args:
         work_voxels: voxels of one forward pass (batch x window); None: unknown (not small).
         cpus: usable CPUs; default :func:`available_cpus`.
-        load: CPUs busy with other work; default the one-minute load average (read at process start,
-            before this process adds to it).
+        busy: CPUs busy with other processes' work; default :func:`other_processes_cpus` (a quarter-second
+            measurement, taken only when the work is not small).
     """
     cpus = available_cpus() if cpus is None else cpus
-    load = _load_average() if load is None else load
     if work_voxels is not None and work_voxels <= SMALL_WORK_VOXELS:
         return 1
-    return max(1, min(cpus, math.floor(cpus - load + 0.5)))
+    busy = other_processes_cpus() if busy is None else busy
+    return max(1, min(cpus, math.floor(cpus - busy + 0.5)))
 
 
 def pass_voxels(batch: int, img_size: int | Sequence[int], spatial_dims: int) -> int:
@@ -206,9 +247,10 @@ def set_threads(
         if os.environ.get("OMP_NUM_THREADS"):
             n, why = torch.get_num_threads(), "OMP_NUM_THREADS"
         else:
-            n = choose_threads(voxels)
-            why = f"auto: {available_cpus()} CPUs, load {_load_average():.1f}" + (f", {voxels} voxels a pass" if voxels else "")
             small = voxels is not None and voxels <= SMALL_WORK_VOXELS
+            busy = 0.0 if small else other_processes_cpus()
+            n = choose_threads(voxels, busy=busy)
+            why = f"auto: {available_cpus()} CPUs, {busy:.1f} busy with other processes" + (f", {voxels} voxels a pass" if voxels else "")
             on_cpu = network is not None and all(p.device.type == "cpu" for p in network.parameters())
             if on_cpu and not small and available_cpus() > 1:
                 govern_threads(network)
@@ -223,66 +265,39 @@ def set_threads(
     return n
 
 
-def run_queue_wait() -> float | None:
-    """Seconds the threads of this process have spent runnable but waiting for a CPU (Linux schedstat),
-    or None where the kernel does not report it."""
-    total = 0
-    try:
-        for task in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{task}/schedstat") as f:
-                    total += int(f.read().split()[1])
-            except FileNotFoundError:  # the thread ended meanwhile
-                continue
-    except OSError:
-        return None
-    return total / 1e9
-
-
 class ThreadGovernor:
-    """Adjusts PyTorch's intra-op threads while work runs, from the time its threads wait for a CPU.
+    """Adjusts PyTorch's intra-op threads while work runs, to the CPUs other processes leave free.
 
     Call :meth:`tick` often (e.g. before each forward pass: :func:`govern_threads`). Every ``interval``
-    seconds it reads how long the process's threads were runnable but waiting for a CPU. Above
-    ``high`` of the interval, other processes hold CPUs the threads need (and each parallel region waits
-    for its slowest thread): one thread less. With fewer than ``max_threads`` and a load average, less
-    this process's threads, that leaves a whole CPU free: one thread more.
+    seconds it reads how many CPUs other processes kept busy since the last decision (:func:`cpu_seconds`:
+    the CPUs' busy time less this process's own, so its own threads, PyTorch's and numba's pools alike,
+    never count as competition) and sets the thread count to the CPUs left free (:meth:`decide`).
 
     Args:
         max_threads: the most threads to use (default: the count when the governor starts).
         interval: seconds between decisions.
-        high: run-queue wait, as a fraction of the interval, above which the count drops.
-        clock, wait, load: the wall clock, the run-queue wait (:func:`run_queue_wait`) and the load average
-            (for tests).
+        clock, sample: the wall clock and the CPU-time reading (:func:`cpu_seconds`), for tests.
     """
 
     def __init__(
         self,
         max_threads: int | None = None,
-        interval: float = 10.0,
-        high: float = 0.25,
+        interval: float = 5.0,
         clock: Callable[[], float] | None = None,
-        wait: Callable[[], float | None] | None = None,
-        load: Callable[[], float] | None = None,
+        sample: Callable[[], tuple[float, float] | None] | None = None,
     ) -> None:
         import time
 
         self.max_threads = max_threads or torch.get_num_threads()
         self.interval = interval
-        self.high = high
         self.clock = clock or time.perf_counter
-        self.wait = wait or run_queue_wait
-        self.load = load or _load_average
-        self._mark = (self.clock(), self.wait())
+        self.sample = sample or cpu_seconds
+        self._mark = (self.clock(), self.sample())
 
-    def decide(self, threads: int, wall: float, wait: float, load: float) -> int:
-        """The thread count after ``wall`` seconds at ``threads`` threads in which they waited ``wait``
-        seconds for a CPU, with ``load`` the one-minute load average (this process included)."""
-        if threads > 1 and wait > self.high * wall:
-            return threads - 1
-        if threads < self.max_threads and load - threads <= self.max_threads - threads - 0.75:
-            return threads + 1
-        return threads
+    def decide(self, busy: float) -> int:
+        """The thread count when other processes kept ``busy`` CPUs busy: the CPUs left free, rounded to the
+        nearest count, at least one and at most ``max_threads``."""
+        return max(1, min(self.max_threads, math.floor(self.max_threads - busy + 0.5)))
 
     def tick(self, *_) -> None:
         """Decide if ``interval`` seconds have passed since the last decision (arguments are ignored, so that
@@ -290,18 +305,19 @@ class ThreadGovernor:
         now = self.clock()
         if self._mark[1] is None or now - self._mark[0] < self.interval:
             return
-        waited = self.wait()
-        if waited is None:
+        reading = self.sample()
+        if reading is None:
             return
-        threads, wall = torch.get_num_threads(), now - self._mark[0]
-        n = self.decide(threads, wall, waited - self._mark[1], self.load())
+        wall = now - self._mark[0]
+        busy = max(0.0, ((reading[0] - self._mark[1][0]) - (reading[1] - self._mark[1][1])) / wall)
+        threads, n = torch.get_num_threads(), self.decide(busy)
         if n != threads:
             torch.set_num_threads(n)
-            _logger.info(f"intra-op threads: {threads} -> {n} (waited {waited - self._mark[1]:.1f} s for CPUs in {wall:.1f} s)")
-        self._mark = (self.clock(), self.wait())
+            _logger.info(f"intra-op threads: {threads} -> {n} (other processes used {busy:.1f} CPUs in {wall:.1f} s)")
+        self._mark = (now, reading)
 
 
-def govern_threads(network: torch.nn.Module, max_threads: int | None = None, interval: float = 10.0) -> torch.nn.Module:
+def govern_threads(network: torch.nn.Module, max_threads: int | None = None, interval: float = 5.0) -> torch.nn.Module:
     """Attach a :class:`ThreadGovernor` to ``network`` (ticked before each forward pass; for a
     ``ModuleList``, such as an ensemble, before each member's), unless it has one; returns ``network``."""
     governor = ThreadGovernor(max_threads=max_threads or available_cpus(), interval=interval)

@@ -2,6 +2,10 @@
 matters) and the thread policy's decisions."""
 
 import logging
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -16,7 +20,9 @@ from dlka_monai.runtime import (
     available_cpus,
     choose_threads,
     cpu_has_native_bf16,
+    cpu_seconds,
     describe_precision,
+    other_processes_cpus,
     resolve_precision,
     set_threads,
 )
@@ -104,7 +110,7 @@ def test_deformable_conv_computes_in_float32_under_bf16_autocast():
 
 
 @pytest.mark.parametrize(
-    "work, cpus, load, expected",
+    "work, cpus, busy, expected",
     [
         (SMALL_WORK_VOXELS, 8, 0.0, 1),  # small work: one thread even on an idle machine
         (None, 2, 0.0, 2),  # idle: every CPU
@@ -115,8 +121,32 @@ def test_deformable_conv_computes_in_float32_under_bf16_autocast():
         (4 * 64 * 128 * 128, 2, 0.6, 1),  # rounding: 1.4 free CPUs -> 1
     ],
 )
-def test_thread_policy_decisions(work, cpus, load, expected):
-    assert choose_threads(work, cpus=cpus, load=load) == expected
+def test_thread_policy_decisions(work, cpus, busy, expected):
+    assert choose_threads(work, cpus=cpus, busy=busy) == expected
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.skipif(cpu_seconds() is None, reason="the kernel does not report CPU times (/proc/stat)")
+def test_other_processes_cpus_counts_a_busy_child_and_not_this_process():
+    """This process's own work never reads as competition; a busy child process does."""
+    spinner = threading.Thread(target=_spin, args=(0.6,))
+    spinner.start()
+    own = other_processes_cpus(interval=0.5)
+    spinner.join()
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.5)  # the interpreter has started
+        other = other_processes_cpus(interval=1.0)
+    finally:
+        child.kill()
+        child.wait()
+    assert own < 0.5, own
+    assert other > 0.6, other
 
 
 def test_set_threads_applies_counts_and_keeps_an_explicit_omp_num_threads(monkeypatch):
@@ -135,39 +165,42 @@ def test_set_threads_applies_counts_and_keeps_an_explicit_omp_num_threads(monkey
 
 
 @pytest.mark.parametrize(
-    "threads, wall, wait, load, expected",
+    "max_threads, busy, expected",
     [
-        (2, 10.0, 0.1, 2.1, 2),  # alone on two CPUs: keep both
-        (2, 10.0, 6.0, 3.0, 1),  # a busy competitor: the threads waited 60 % of the time -> one less
-        (1, 10.0, 0.2, 2.0, 1),  # still competing (load 2 = us + it): stay at one
-        (1, 10.0, 0.0, 1.1, 2),  # the competitor left: a CPU is free again
-        (4, 10.0, 3.0, 5.0, 3),
+        (2, 0.05, 2),  # alone on two CPUs: keep both
+        (2, 0.7, 1),  # a busy competitor sharing the CPUs with two threads of ours: one thread
+        (2, 1.0, 1),  # the competitor has its CPU: stay at one
+        (2, 0.3, 2),  # the competitor left
+        (4, 1.2, 3),
+        (2, 5.0, 1),  # never below one
     ],
 )
-def test_thread_governor_decisions(threads, wall, wait, load, expected):
+def test_thread_governor_decisions(max_threads, busy, expected):
     from dlka_monai.runtime import ThreadGovernor
 
-    assert ThreadGovernor(max_threads=2 if threads <= 2 else 4).decide(threads, wall, wait, load) == expected
+    assert ThreadGovernor(max_threads=max_threads).decide(busy) == expected
 
 
 def test_thread_governor_ticks_before_forward_passes_and_sets_the_count():
-    from dlka_monai.runtime import govern_threads, run_queue_wait, ThreadGovernor
+    from dlka_monai.runtime import govern_threads, ThreadGovernor
 
-    waited = run_queue_wait()
-    assert waited is None or waited >= 0.0
-    clock, wait = [0.0], [0.0]
-    governor = ThreadGovernor(max_threads=2, interval=10.0, clock=lambda: clock[0], wait=lambda: wait[0], load=lambda: 3.0)
+    # (busy CPU-seconds of the machine, CPU-seconds of this process)
+    clock, reading = [0.0], [(100.0, 10.0)]
+    governor = ThreadGovernor(max_threads=2, interval=5.0, clock=lambda: clock[0], sample=lambda: reading[0])
     net = torch.nn.Linear(2, 2)
     net.register_forward_pre_hook(governor.tick)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        clock[0], wait[0] = 5.0, 4.0
+        clock[0], reading[0] = 4.0, (110.0, 10.0)
         net(torch.zeros(1, 2))  # before the interval: nothing decided
         assert torch.get_num_threads() == 2
-        clock[0], wait[0] = 11.0, 6.0
+        clock[0], reading[0] = 6.0, (112.0, 17.0)  # 12 busy CPU-s in 6 s, 7 of them ours: 0.8 CPUs for others
         net(torch.zeros(1, 2))
         assert torch.get_num_threads() == 1
+        clock[0], reading[0] = 12.0, (118.0, 22.5)  # others used 0.5 CPU-s in 6 s: a CPU is free again
+        net(torch.zeros(1, 2))
+        assert torch.get_num_threads() == 2
         ensemble = govern_threads(torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]))
         govern_threads(ensemble)  # a second initialisation of the same network adds nothing
         assert all(len(m._forward_pre_hooks) == 1 for m in ensemble)
