@@ -55,6 +55,36 @@ def test_samples_far_outside_and_partial_grads():
         assert _close(got, torch.autograd.grad(ref, t, g, retain_graph=True)[0])
 
 
+@pytest.mark.parametrize("partials_bytes", [0, 256 << 20])
+def test_input_grad_with_and_without_per_thread_tables(monkeypatch, partials_bytes):
+    """Blocks of voxels that do not divide the parts, two threads scattering into tables of their own (or,
+    with no memory for those, one thread into the gradient table): the same gradients as the reference."""
+    monkeypatch.setattr(numba_kernels, "_PARTIALS_BYTES", partials_bytes)
+    torch.manual_seed(5)
+    x, off, w, b, (st, pd, dl, _) = _case(2, 3, 4, (9, 10, 11), 3, 1, 1, 1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        out = deform_conv3d_numba(x, off, w, b, st, pd, dl)
+        g = torch.randn_like(out)
+        got = _grads(out, (x, off, w), g)
+    finally:
+        torch.set_num_threads(before)
+    ref = deform_conv3d(x, off, w, b, st, pd, dl)
+    for a, r in zip(got, _grads(ref, (x, off, w), g)):
+        assert _close(a, r)
+
+
+def test_nan_offsets_stay_in_bounds_and_propagate():
+    """A NaN offset samples nothing outside the table (no crash, no garbage) and makes its voxel NaN."""
+    x, off, w, b, (st, pd, dl, _) = _case(1, 2, 2, (4, 4, 4), 3, 1, 1, 1)
+    off = off.detach().clone()
+    off[0, 0, 1, 2, 3] = float("nan")
+    out = deform_conv3d_numba(x.detach(), off, w.detach(), b.detach(), st, pd, dl)
+    nan = torch.isnan(out[0, 0])
+    assert nan[1, 2, 3] and nan.sum() == 1
+
+
 def test_gradcheck_float64():
     torch.manual_seed(3)
     x, off, w, b, (st, pd, dl, _) = _case(1, 2, 3, (3, 4, 3), 2, 1, 1, 1, dtype=torch.float64, amp=1.5)

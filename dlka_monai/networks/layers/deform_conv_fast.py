@@ -178,8 +178,12 @@ class _ColumnsDeformConv3dFn(torch.autograd.Function):
     ``apply(kernels, input, offset, weight, bias, stride, padding, dilation)``: ``kernels`` is the
     backend's class, built once per call with ``(offset [B, 3K, N'] in the positions' dtype, in_ch,
     size, out_size, kernel, stride, padding, dilation)`` and providing ``forward_cols(b, table, start,
-    cols)``, ``offset_grad(b, table, start, grad_cols, grad_off, cols, need_cols)`` and
-    ``input_grad(b, start, grad_cols, grad_table)``. Subclasses name the backend in the autograd graph.
+    cols)``; ``backward_cols(b, table, start, grad_cols, grad_off, cols, grad_table)``, which in one pass
+    over the chunk's sampling cells writes the offset gradient into ``grad_off[b]``, refills ``cols`` and
+    adds the input gradient into ``grad_table``, each only where that argument is not None; and
+    ``reduce_input_grad(grad_table)``, called after an image's chunks, which adds what the kernels kept
+    aside (e.g. per-thread partial tables) into ``grad_table``. Subclasses name the backend in the
+    autograd graph.
     """
 
     @staticmethod
@@ -241,15 +245,14 @@ class _ColumnsDeformConv3dFn(torch.autograd.Function):
                 g_rows = grad_out[b, :, start : start + n].t()  # [n, C_out]
                 if need_x or need_off:
                     torch.mm(g_rows, w_rows, out=grad_cols[:n])
-                if need_off:
-                    run.offset_grad(b, table, start, grad_cols[:n], grad_off, cols[:n], need_w)
+                if need_off or need_x:
+                    run.backward_cols(b, table, start, grad_cols[:n], grad_off, cols[:n] if need_w else None, grad_table)
                 elif need_w:
                     run.forward_cols(b, table, start, cols[:n])
                 if need_w:
                     grad_w_rows.addmm_(g_rows.t(), cols[:n])
-                if need_x:
-                    run.input_grad(b, start, grad_cols[:n], grad_table)
             if need_x:
+                run.reduce_input_grad(grad_table)
                 grad_input[b].copy_(grad_table.view(*(s + 2 for s in size), in_ch)[1:-1, 1:-1, 1:-1].permute(3, 0, 1, 2))
         grad_weight = None
         if need_w:

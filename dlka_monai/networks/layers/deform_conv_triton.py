@@ -247,15 +247,21 @@ class _TritonKernels:
         lc, n = self.lc, cols.shape[0]
         _forward_cols_kernel[lc.grid(n)](table, self.off[b], cols, start, n, *lc.geo, **lc.blocks)
 
-    def offset_grad(self, b, table, start, grad_cols, grad_off, cols, need_cols):
+    def backward_cols(self, b, table, start, grad_cols, grad_off, cols, grad_table):
         lc, n = self.lc, grad_cols.shape[0]
-        _offset_grad_kernel[lc.grid(n)](
-            table, self.off[b], grad_cols, grad_off[b], cols, start, n, *lc.geo, NEED_COLS=need_cols, **lc.blocks
-        )
+        if grad_off is not None:
+            _offset_grad_kernel[lc.grid(n)](
+                table, self.off[b], grad_cols, grad_off[b], grad_cols if cols is None else cols, start, n, *lc.geo,
+                NEED_COLS=cols is not None, **lc.blocks,
+            )  # fmt: skip
+        elif cols is not None:
+            self.forward_cols(b, table, start, cols)
+        if grad_table is not None:
+            # atomic adds: the table needs no reduction
+            _input_grad_kernel[lc.grid(n)](self.off[b], grad_cols, grad_table, start, n, *lc.geo, **lc.blocks)
 
-    def input_grad(self, b, start, grad_cols, grad_table):
-        lc, n = self.lc, grad_cols.shape[0]
-        _input_grad_kernel[lc.grid(n)](self.off[b], grad_cols, grad_table, start, n, *lc.geo, **lc.blocks)
+    def reduce_input_grad(self, grad_table):
+        pass
 
 
 class _DeformConv3dTritonFn(_ColumnsDeformConv3dFn):
