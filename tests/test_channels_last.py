@@ -52,6 +52,23 @@ def test_keep_channels_last_keeps_configuration_and_state():
         assert torch.allclose(block[3](y), y_before, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "kernel, stride, padding, dilation, bias",
+    [(1, 1, 0, 1, True), (1, 1, 0, 1, False), (3, 1, 1, 1, True), ((2, 4, 4), (2, 4, 4), 0, 1, True), (3, 2, 2, 2, False)],
+)
+def test_one_channel_conv_computed_without_onednn_matches_conv3d(kernel, stride, padding, dilation, bias):
+    """The addcmul (1×1×1) and repeated-input depthwise paths give nn.Conv3d's values, channels-last."""
+    torch.manual_seed(0)
+    conv = nn.Conv3d(1, 6, kernel, stride, padding, dilation, bias=bias)
+    fast = ChannelsLastConv3d(1, 6, kernel, stride, padding, dilation, bias=bias)
+    fast.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 1, 9, 10, 11)
+    with torch.no_grad():
+        y, ref = fast(x), conv(x)
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last_3d) and not y.is_contiguous()
+    assert torch.allclose(y, ref, atol=1e-5)
+
+
 def test_dlka_net_3d_inference_channels_last_matches_the_contiguous_forward():
     torch.manual_seed(0)
     net = create_network("dlka3d_synapse", img_size=(16, 32, 32), feature_size=8, depths=(1, 1, 1, 1), out_channels=3).eval()
