@@ -109,6 +109,30 @@ def test_deformable_conv_computes_in_float32_under_bf16_autocast():
     assert torch.allclose(out.float(), ref, rtol=0.1, atol=0.1)
 
 
+def test_a_training_step_runs_under_cpu_bf16_autocast():
+    """Backward of the phase-decomposed dilated depthwise conv (and the deformable conv) under CPU bf16
+    autocast: every parameter gets a finite float32 gradient, close to the float32 step's."""
+    from dlka_monai.networks import create_network
+
+    torch.manual_seed(0)
+    net = create_network("dlka3d_synapse", img_size=(16, 32, 32), feature_size=8, depths=(1, 1, 1, 1), out_channels=3)
+    assert any(type(m).__name__ == "FastDilatedDepthwiseConv3d" for m in net.modules())
+    x, y = torch.randn(2, 1, 16, 32, 32), torch.randint(0, 3, (2, 16, 32, 32))
+    grads = {}
+    for precision in ("fp32", "bf16"):
+        net.zero_grad()
+        with autocast(precision, "cpu"):
+            out = net(x)[0]  # deep supervision in training: the full-resolution output first
+            loss = torch.nn.functional.cross_entropy(out.float(), y)
+        loss.backward()
+        grads[precision] = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    assert grads["bf16"].keys() == grads["fp32"].keys() and grads["fp32"]
+    for name, g in grads["bf16"].items():
+        assert g.dtype == torch.float32 and torch.isfinite(g).all(), name
+    flat = {p: torch.cat([g.flatten() for g in grads[p].values()]) for p in grads}
+    assert torch.nn.functional.cosine_similarity(flat["bf16"], flat["fp32"], dim=0) > 0.95
+
+
 @pytest.mark.parametrize(
     "work, cpus, busy, expected",
     [

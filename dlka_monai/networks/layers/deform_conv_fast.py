@@ -435,7 +435,10 @@ def _phase_merge(y: torch.Tensor, batch: int, dil: int, size: Sequence[int]) -> 
 
 
 class _PhaseDepthwiseFn(torch.autograd.Function):
+    # backward runs in forward's autocast state: under CPU autocast its convs then cast the float32
+    # weight and the saved input like the gradient, as forward's conv did
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, x, weight, bias, dil):
         batch, ch, *size = x.shape
         q = [-(-s // dil) for s in size]
@@ -447,6 +450,7 @@ class _PhaseDepthwiseFn(torch.autograd.Function):
         return _phase_merge(ys, batch, dil, size)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_y):
         xs, weight = ctx.saved_tensors
         batch, dil, size, has_bias = ctx.conf
