@@ -109,28 +109,31 @@ def test_deformable_conv_computes_in_float32_under_bf16_autocast():
     assert torch.allclose(out.float(), ref, rtol=0.1, atol=0.1)
 
 
-def test_a_training_step_runs_under_cpu_bf16_autocast():
-    """Backward of the phase-decomposed dilated depthwise conv (and the deformable conv) under CPU bf16
-    autocast: every parameter gets a finite float32 gradient, close to the float32 step's."""
-    from dlka_monai.networks import create_network
+def test_custom_convs_train_under_cpu_bf16_autocast():
+    """Backward of the phase-decomposed dilated depthwise conv and of the deformable conv under CPU bf16
+    autocast (a training step's): float32 gradients, finite and close to the float32 step's. (Plain
+    ``nn.Conv3d`` weight gradients are left out: on CPUs without native bf16, PyTorch's fallback for
+    them gives non-finite values now and then, see benchmarks/RESULTS.md.)"""
+    from dlka_monai.networks.layers import FastDilatedDepthwiseConv3d
 
     torch.manual_seed(0)
-    net = create_network("dlka3d_synapse", img_size=(16, 32, 32), feature_size=8, depths=(1, 1, 1, 1), out_channels=3)
-    assert any(type(m).__name__ == "FastDilatedDepthwiseConv3d" for m in net.modules())
-    x, y = torch.randn(2, 1, 16, 32, 32), torch.randint(0, 3, (2, 16, 32, 32))
+    block = torch.nn.ModuleDict(
+        dict(spatial=FastDilatedDepthwiseConv3d(8, 8, 7, padding=9, dilation=3, groups=8), deform=DeformConv3d(8, 8, 3, padding=1))
+    )
+    x = torch.randn(2, 8, 8, 12, 12)
+    offset = torch.randn(2, 81, 8, 12, 12)
     grads = {}
     for precision in ("fp32", "bf16"):
-        net.zero_grad()
+        block.zero_grad()
+        inputs = [t.clone().requires_grad_() for t in (x, offset)]
         with autocast(precision, "cpu"):
-            out = net(x)[0]  # deep supervision in training: the full-resolution output first
-            loss = torch.nn.functional.cross_entropy(out.float(), y)
-        loss.backward()
-        grads[precision] = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
-    assert grads["bf16"].keys() == grads["fp32"].keys() and grads["fp32"]
-    for name, g in grads["bf16"].items():
-        assert g.dtype == torch.float32 and torch.isfinite(g).all(), name
-    flat = {p: torch.cat([g.flatten() for g in grads[p].values()]) for p in grads}
-    assert torch.nn.functional.cosine_similarity(flat["bf16"], flat["fp32"], dim=0) > 0.95
+            y = block["deform"](block["spatial"](inputs[0]), inputs[1])
+        y.float().square().mean().backward()
+        grads[precision] = [p.grad for p in block.parameters()] + [t.grad for t in inputs]
+    for g in grads["bf16"]:
+        assert g.dtype == torch.float32 and torch.isfinite(g).all()
+    flat = {p: torch.cat([g.flatten() for g in grads[p]]) for p in grads}
+    assert torch.nn.functional.cosine_similarity(flat["bf16"], flat["fp32"], dim=0) > 0.99
 
 
 @pytest.mark.parametrize(
