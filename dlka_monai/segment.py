@@ -248,7 +248,8 @@ def segment(
             precision=precision,
             threads=threads,
         )
-        print(f"dlka-segment: precision {precision_line}", flush=True)
+        trained = f"; the model was trained in {plan['training_precision']}" if plan.get("training_precision") else ""
+        print(f"dlka-segment: precision {precision_line}{trained}", flush=True)
         staged: list[tuple[Path, dict]] = []
         # the input's intensities, on the grid of the label map, for the statistics
         load = LoadImage(reader=[SITKReader(series_uid=series), "NibabelReader"], image_only=True) if statistics else None

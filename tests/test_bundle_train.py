@@ -89,6 +89,7 @@ def test_demo_training_learns_saves_and_resumes(tmp_path, demo_dir):
     # the plan: the network as trained (the tiny overrides) and the demo's preprocessing
     assert best["plan"]["network"]["feature_size"] == 4 and best["plan"]["network"]["img_size"] == [16, 32, 32]
     assert best["plan"]["pixdim"] == [6.0, 4.0, 4.0] and best["plan"]["class_names"]["6"] == "liver"
+    assert best["plan"]["training_precision"] == "fp32"  # the model says how it was trained (amp is for CUDA)
     latest = torch.load(models / "checkpoint_epoch=4.pt", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(latest)
     # ignite keeps iteration and epoch_length; the epoch follows from them

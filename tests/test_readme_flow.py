@@ -46,6 +46,8 @@ def test_train_then_segment_infer_and_evaluate_with_the_shipped_configs(demo_mod
     # the line names the file written and the organs found, liver among them
     line = next(line for line in out.splitlines() if line.startswith("demo_006.nii.gz ->"))
     assert f"-> {tmp_path / 'out.nii.gz'}:" in line and "liver" in line and "mL" in line, line
+    # the precision it ran in, beside the one the model was trained in (from the model's plan)
+    assert "dlka-segment: precision " in out and "; the model was trained in fp32" in out, out
     seg = nib.load(tmp_path / "out.nii.gz")
     assert seg.shape == truth.shape
     assert dice(seg.dataobj, truth, LIVER) > LIVER_DICE_FLOOR

@@ -17,7 +17,9 @@ writes and still loads with ``torch.load(weights_only=True)``, and it is the con
         "postprocessing": {"largest_component": []},   # classes kept as their largest connected component
     }
 
-Other keys (e.g. the dataset fingerprint a planner derived the plan from) are kept as they are.
+Other keys are kept as they are: e.g. the dataset fingerprint a planner derived the plan from, and in a
+trained model's plan the ``recipe`` it was trained with and its ``training_precision`` (``"fp32"`` or
+``"fp16 autocast (amp) on cuda"``).
 """
 
 from __future__ import annotations
