@@ -112,6 +112,22 @@ def test_data_layer_refuses_the_same_images(kind, tmp_path):
         check_image(path)
 
 
+@pytest.mark.parametrize("content, problem", [("[1, 2]", "holds a JSON object, not a list"), ("{broken", "cannot be read as a JSON")])
+def test_json_inputs_that_are_not_json_objects_are_refused_in_one_line(content, problem, tmp_path):
+    """The datalist, the dataset json a plan is made from and a plan file: one reader, one kind of message."""
+    from dlka_monai.plan import read_plan_file
+    from dlka_monai.plan.fingerprint import datalist_fingerprint
+
+    path = tmp_path / "input.json"
+    path.write_text(content, encoding="utf-8")
+    for read, what in ((lambda: load_datalist(datalist=path), "datalist file"), (lambda: datalist_fingerprint(path), "dataset json"),
+                       (lambda: read_plan_file(path), "plan file")):  # fmt: skip
+        with pytest.raises(InvalidInputError) as error:
+            read()
+        message = str(error.value)
+        assert message.startswith(f"{path}: ") and problem in message and what in message and "\n" not in message, message
+
+
 def test_a_series_picked_by_flag_is_segmented_in_its_own_space(tiny_bundle, tmp_path):
     folder, _, _ = _bad_image("several dicom series", tmp_path / "in")
     out = tmp_path / "out"

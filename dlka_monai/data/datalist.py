@@ -5,7 +5,6 @@ and the authors' preprocessed NIH Pancreas h5 files."""
 
 from __future__ import annotations
 
-import json
 import glob
 import os
 from collections.abc import Callable, Sequence
@@ -16,7 +15,7 @@ from monai.config import PathLike
 from monai.data import load_decathlon_datalist
 
 from dlka_monai.data.readers import NIFTI_SUFFIXES
-from dlka_monai.data.validation import InvalidInputError, check_datalist
+from dlka_monai.data.validation import InvalidInputError, check_datalist, read_json_object
 
 __all__ = [
     "inference_datalist",
@@ -168,14 +167,7 @@ def split_folds(
 def _decathlon_datalist(
     json_path: Path, base_dir: PathLike, val_fraction: float, val_cases: Sequence[str] | str | None, seed: int
 ) -> dict[str, list[dict]]:
-    try:
-        keys = json.loads(json_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise InvalidInputError(f"{json_path}: no such datalist file.") from e
-    except (OSError, ValueError) as e:
-        raise InvalidInputError(f"{json_path}: cannot be read as a JSON datalist: {e}") from e
-    if not isinstance(keys, dict):
-        raise InvalidInputError(f"{json_path}: a datalist is a JSON object with a 'training' list, got {type(keys).__name__}.")
+    keys = read_json_object(json_path, "datalist file")
     base_dir = os.path.abspath(base_dir)
 
     def load(key: str) -> list[dict]:

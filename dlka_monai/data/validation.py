@@ -4,6 +4,7 @@ line and the bundle, with one-line messages that name the file and the problem."
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -17,7 +18,7 @@ import SimpleITK as sitk
 
 from dlka_monai.data.readers import NIFTI_SUFFIXES, SITKReader
 
-__all__ = ["InvalidInputError", "check_image", "check_label", "check_datalist", "check_output_dir"]
+__all__ = ["InvalidInputError", "check_image", "check_label", "check_datalist", "check_output_dir", "read_json_object"]
 
 # read by their own loaders, which check them
 _OTHER_FORMATS = (".h5", ".npz")
@@ -25,6 +26,24 @@ _OTHER_FORMATS = (".h5", ".npz")
 
 class InvalidInputError(ValueError):
     """An input that cannot be used; the message names the file and the problem."""
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object in the file ``path``, a ``what`` (e.g. ``"datalist file"``).
+
+    Raises:
+        InvalidInputError: in one line naming the file: it is missing, unreadable, not JSON, or holds
+            another JSON value than an object.
+    """
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise InvalidInputError(f"{path}: no such {what}.") from e
+    except (OSError, ValueError) as e:
+        raise InvalidInputError(f"{path}: cannot be read as a JSON {what}: {e}") from e
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{path}: a {what} holds a JSON object, not a {type(value).__name__}.")
+    return value
 
 
 class _Volume(NamedTuple):

@@ -24,7 +24,7 @@ from monai.config import PathLike
 from tqdm import tqdm
 
 from dlka_monai.data.datalist import NIFTI_SUFFIXES, load_datalist
-from dlka_monai.data.validation import InvalidInputError, _load
+from dlka_monai.data.validation import InvalidInputError, _load, read_json_object
 
 __all__ = ["FOREGROUND_SAMPLES", "WORLD_AXES", "dataset_fingerprint", "datalist_fingerprint", "is_ct"]
 
@@ -244,14 +244,7 @@ def datalist_fingerprint(
         kwargs: passed to :func:`dataset_fingerprint`.
     """
     path = Path(datalist)
-    try:
-        keys = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise InvalidInputError(f"{path}: no such dataset json.") from e
-    except (OSError, ValueError) as e:
-        raise InvalidInputError(f"{path}: cannot be read as JSON: {e}") from e
-    if not isinstance(keys, dict):
-        raise InvalidInputError(f"{path}: a dataset json is an object with a 'training' list.")
+    keys = read_json_object(path, "dataset json")
     if not keys.get("training"):
         raise InvalidInputError(f"{path}: no 'training' list of labelled cases.")
     bad = [i for i, e in enumerate(keys["training"]) if not (isinstance(e, dict) and "image" in e)]

@@ -35,7 +35,7 @@ from torch import nn
 
 import dlka_monai
 from dlka_monai.data.transforms import NORMALIZATION_SCHEMES
-from dlka_monai.data.validation import InvalidInputError
+from dlka_monai.data.validation import InvalidInputError, read_json_object
 from dlka_monai.networks import create_network, get_preset, list_networks, network_arguments
 
 __all__ = [
@@ -394,13 +394,7 @@ def build_network(plan: Mapping[str, Any], **overrides: Any) -> nn.Module:
 
 def read_plan_file(path: str | os.PathLike) -> dict[str, Any]:
     """The plan in the JSON file ``path``, checked."""
-    try:
-        plan = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise InvalidInputError(f"{path}: no such plan file.") from e
-    except (OSError, ValueError) as e:
-        raise InvalidInputError(f"{path}: cannot be read as a JSON plan: {e}") from e
-    return check_plan(plan, str(path))
+    return check_plan(read_json_object(path, "plan file"), str(path))
 
 
 def write_plan_file(plan: Mapping[str, Any], path: str | os.PathLike) -> Path:
