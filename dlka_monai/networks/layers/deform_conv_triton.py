@@ -257,11 +257,10 @@ class _TritonKernels:
         elif cols is not None:
             self.forward_cols(b, table, start, cols)
         if grad_table is not None:
-            # atomic adds: the table needs no reduction
             _input_grad_kernel[lc.grid(n)](self.off[b], grad_cols, grad_table, start, n, *lc.geo, **lc.blocks)
 
     def reduce_input_grad(self, grad_table):
-        pass
+        """Nothing kept aside: the input-gradient kernel adds into ``grad_table`` atomically."""
 
 
 class _DeformConv3dTritonFn(_ColumnsDeformConv3dFn):
