@@ -63,7 +63,7 @@ def _cell(pos, size):
 
 
 @njit(inline="always")
-def _block_cells(off, b, k, n0, nb, bz, by, bx, kz, ky, kx, size, pads, rows, wts, frac, inside):
+def _point_cells(off, b, k, n0, nb, bz, by, bx, kz, ky, kx, size, pads, rows, wts, frac, inside):
     """Sampling cells of kernel point ``k`` for the ``nb`` output voxels from ``n0`` (regular-grid positions
     ``bz, by, bx``): table row of corner 0 into ``rows``, the 8 trilinear weights into ``wts[j]`` (corner
     ``4 dz + 2 dy + dx``, rounded to ``wts``' dtype), the per-axis fractions into ``frac[a]`` and the
@@ -101,11 +101,44 @@ def _block_cells(off, b, k, n0, nb, bz, by, bx, kz, ky, kx, size, pads, rows, wt
 
 
 @njit(inline="always")
-def _block_base(n0, nb, oz, oy, ox, out_hw, out_w, bz, by, bx):
-    """Regular-grid positions (z, y, x), before the kernel offsets, of the ``nb`` output voxels from ``n0``."""
+def _scratch(n_points, oz, table):
+    """One thread's buffers for :func:`_block_cells`: regular-grid positions ``[3, _BLOCK]`` and, per
+    kernel point, the cells' rows, weights, fractions and ``inside`` flags."""
+    return (
+        np.empty((3, _BLOCK), oz.dtype), np.empty((n_points, _BLOCK), np.int64), np.empty((n_points, 8, _BLOCK), table.dtype),
+        np.empty((n_points, 3, _BLOCK)), np.empty((n_points, 3, _BLOCK), np.bool_),
+    )  # fmt: skip
+
+
+@njit(inline="always")
+def _block_cells(off, b, n0, nb, oz, oy, ox, kz, ky, kx, out_hw, out_w, size, pads, base, rows, wts, frac, inside):
+    """Sampling cells of every kernel point of the ``nb`` output voxels from ``n0`` into the buffers of
+    :func:`_scratch`: first the voxels' regular-grid positions (z, y, x), then :func:`_point_cells` per
+    kernel point."""
     for j in range(nb):
         n = n0 + j
-        bz[j], by[j], bx[j] = oz[n // out_hw], oy[(n // out_w) % (out_hw // out_w)], ox[n % out_w]
+        base[0, j], base[1, j], base[2, j] = oz[n // out_hw], oy[(n // out_w) % (out_hw // out_w)], ox[n % out_w]
+    for k in range(rows.shape[0]):
+        _point_cells(off, b, k, n0, nb, base[0], base[1], base[2], kz, ky, kx, size, pads, rows[k], wts[k], frac[k], inside[k])
+
+
+@njit(inline="always")
+def _blend(table, c, r, sy, sz, w0, w1, w2, w3, w4, w5, w6, w7):
+    """Channel ``c`` of the trilinear sample whose cell's corner 0 is table row ``r`` (weights of corners
+    ``4 dz + 2 dy + dx``)."""
+    return (
+        w0 * table[r, c] + w1 * table[r + 1, c] + w2 * table[r + sy, c] + w3 * table[r + sy + 1, c]
+        + w4 * table[r + sz, c] + w5 * table[r + sz + 1, c] + w6 * table[r + sz + sy, c] + w7 * table[r + sz + sy + 1, c]
+    )  # fmt: skip
+
+
+@njit(inline="always")
+def _scatter(dst, r, w, grad_cols, i, k):
+    """``dst[r] += w * grad_cols[i, k]``; a corner of zero weight (e.g. all but one at zero offsets) adds
+    nothing."""
+    if w != 0:
+        for c in range(dst.shape[1]):
+            dst[r, c] += w * grad_cols[i, k, c]
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -117,15 +150,11 @@ def _forward_cols(table, off, b, start, cols, n_parts, oz, oy, ox, kz, ky, kx, o
     ch = table.shape[1]
     sz, sy = pads[1] * pads[2], pads[2]
     for part in prange(n_parts):
-        bz, by, bx = np.empty(_BLOCK, oz.dtype), np.empty(_BLOCK, oz.dtype), np.empty(_BLOCK, oz.dtype)
-        rows, wts = np.empty((n_points, _BLOCK), np.int64), np.empty((n_points, 8, _BLOCK), table.dtype)
-        frac, inside = np.empty((n_points, 3, _BLOCK)), np.empty((n_points, 3, _BLOCK), np.bool_)
+        base, rows, wts, frac, inside = _scratch(n_points, oz, table)
         lo, hi = part * n_chunk // n_parts, (part + 1) * n_chunk // n_parts
         for i0 in range(lo, hi, _BLOCK):
             nb = min(_BLOCK, hi - i0)
-            _block_base(start + i0, nb, oz, oy, ox, out_hw, out_w, bz, by, bx)
-            for k in range(n_points):
-                _block_cells(off, b, k, start + i0, nb, bz, by, bx, kz, ky, kx, size, pads, rows[k], wts[k], frac[k], inside[k])
+            _block_cells(off, b, start + i0, nb, oz, oy, ox, kz, ky, kx, out_hw, out_w, size, pads, base, rows, wts, frac, inside)
             # voxel by voxel, its kernel points in order: each voxel's columns are one contiguous row
             for j in range(nb):
                 i = i0 + j
@@ -135,11 +164,7 @@ def _forward_cols(table, off, b, start, cols, n_parts, oz, oy, ox, kz, ky, kx, o
                     w0, w1, w2, w3 = wts[k, 0, j], wts[k, 1, j], wts[k, 2, j], wts[k, 3, j]
                     w4, w5, w6, w7 = wts[k, 4, j], wts[k, 5, j], wts[k, 6, j], wts[k, 7, j]
                     for c in range(ch):
-                        cols[i, k, c] = (
-                            w0 * table[r, c] + w1 * table[r + 1, c] + w2 * table[r + sy, c] + w3 * table[r + sy + 1, c]
-                            + w4 * table[r + sz, c] + w5 * table[r + sz + 1, c] + w6 * table[r + sz + sy, c]
-                            + w7 * table[r + sz + sy + 1, c]
-                        )  # fmt: skip
+                        cols[i, k, c] = _blend(table, c, r, sy, sz, w0, w1, w2, w3, w4, w5, w6, w7)
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -163,15 +188,11 @@ def _backward(
     sz, sy = pads[1] * pads[2], pads[2]
     for part in prange(n_parts):
         dst = grad_table if part == 0 or not need_x else partials[part - 1]
-        bz, by, bx = np.empty(_BLOCK, oz.dtype), np.empty(_BLOCK, oz.dtype), np.empty(_BLOCK, oz.dtype)
-        rows, wts = np.empty((n_points, _BLOCK), np.int64), np.empty((n_points, 8, _BLOCK), table.dtype)
-        frac, inside = np.empty((n_points, 3, _BLOCK)), np.empty((n_points, 3, _BLOCK), np.bool_)
+        base, rows, wts, frac, inside = _scratch(n_points, oz, table)
         lo, hi = part * n_chunk // n_parts, (part + 1) * n_chunk // n_parts
         for i0 in range(lo, hi, _BLOCK):
             nb = min(_BLOCK, hi - i0)
-            _block_base(start + i0, nb, oz, oy, ox, out_hw, out_w, bz, by, bx)
-            for k in range(n_points):
-                _block_cells(off, b, k, start + i0, nb, bz, by, bx, kz, ky, kx, size, pads, rows[k], wts[k], frac[k], inside[k])
+            _block_cells(off, b, start + i0, nb, oz, oy, ox, kz, ky, kx, out_hw, out_w, size, pads, base, rows, wts, frac, inside)
             for j in range(nb):
                 i = i0 + j
                 for k in range(n_points):
@@ -204,36 +225,16 @@ def _backward(
                         grad_off[b, 3 * k + 2, n] = dx if inside[k, 2, j] else 0.0
                     if need_cols:
                         for c in range(ch):
-                            cols[i, k, c] = (
-                                w0 * table[r0, c] + w1 * table[r1, c] + w2 * table[r2, c] + w3 * table[r3, c]
-                                + w4 * table[r4, c] + w5 * table[r5, c] + w6 * table[r6, c] + w7 * table[r7, c]
-                            )  # fmt: skip
+                            cols[i, k, c] = _blend(table, c, r0, sy, sz, w0, w1, w2, w3, w4, w5, w6, w7)
                     if need_x:
-                        # corners of zero weight (e.g. all but one at zero offsets) add nothing
-                        if w0 != 0:
-                            for c in range(ch):
-                                dst[r0, c] += w0 * grad_cols[i, k, c]
-                        if w1 != 0:
-                            for c in range(ch):
-                                dst[r1, c] += w1 * grad_cols[i, k, c]
-                        if w2 != 0:
-                            for c in range(ch):
-                                dst[r2, c] += w2 * grad_cols[i, k, c]
-                        if w3 != 0:
-                            for c in range(ch):
-                                dst[r3, c] += w3 * grad_cols[i, k, c]
-                        if w4 != 0:
-                            for c in range(ch):
-                                dst[r4, c] += w4 * grad_cols[i, k, c]
-                        if w5 != 0:
-                            for c in range(ch):
-                                dst[r5, c] += w5 * grad_cols[i, k, c]
-                        if w6 != 0:
-                            for c in range(ch):
-                                dst[r6, c] += w6 * grad_cols[i, k, c]
-                        if w7 != 0:
-                            for c in range(ch):
-                                dst[r7, c] += w7 * grad_cols[i, k, c]
+                        _scatter(dst, r0, w0, grad_cols, i, k)
+                        _scatter(dst, r1, w1, grad_cols, i, k)
+                        _scatter(dst, r2, w2, grad_cols, i, k)
+                        _scatter(dst, r3, w3, grad_cols, i, k)
+                        _scatter(dst, r4, w4, grad_cols, i, k)
+                        _scatter(dst, r5, w5, grad_cols, i, k)
+                        _scatter(dst, r6, w6, grad_cols, i, k)
+                        _scatter(dst, r7, w7, grad_cols, i, k)
 
 
 class _Geometry:
