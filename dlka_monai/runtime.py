@@ -187,6 +187,11 @@ def cpu_seconds() -> tuple[float, float] | None:
     return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
 
+def _others_busy(first: tuple[float, float], second: tuple[float, float], seconds: float) -> float:
+    """CPUs other processes kept busy between two :func:`cpu_seconds` readings ``seconds`` apart."""
+    return max(0.0, ((second[0] - first[0]) - (second[1] - first[1])) / seconds)
+
+
 def other_processes_cpus(interval: float = 0.25, sample: Callable[[], tuple[float, float] | None] = cpu_seconds) -> float:
     """CPUs that other processes keep busy, measured over ``interval`` seconds (:func:`cpu_seconds`, this
     process's own time subtracted); where that is not reported, the one-minute load average."""
@@ -199,7 +204,7 @@ def other_processes_cpus(interval: float = 0.25, sample: Callable[[], tuple[floa
     second, t1 = sample(), time.perf_counter()
     if second is None:
         return _load_average()
-    return max(0.0, ((second[0] - first[0]) - (second[1] - first[1])) / (t1 - t0))
+    return _others_busy(first, second, t1 - t0)
 
 
 def choose_threads(work_voxels: int | None = None, cpus: int | None = None, busy: float | None = None) -> int:
@@ -309,7 +314,7 @@ class ThreadGovernor:
         if reading is None:
             return
         wall = now - self._mark[0]
-        busy = max(0.0, ((reading[0] - self._mark[1][0]) - (reading[1] - self._mark[1][1])) / wall)
+        busy = _others_busy(self._mark[1], reading, wall)
         threads, n = torch.get_num_threads(), self.decide(busy)
         if n != threads:
             torch.set_num_threads(n)
